@@ -1,0 +1,184 @@
+"""Config validation and run identity.
+
+Every user mistake in a config is caught here, before JAX sees it, and
+reported as a `ConfigError`: one line naming the key and the fix. The CLI
+prints it without a traceback.
+
+A run directory is tied to the config that created it: `config.json` is
+written on the first start, and a later start with a config that differs in
+anything but the *resumable* keys (how long to train, how often to log and
+save, how to evaluate) is refused, so one directory never mixes two runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Callable, Iterable, Mapping
+
+from etils import epath
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config value is missing, of the wrong type or out of range."""
+
+
+class RunDirectoryError(ValueError):
+  """The work directory cannot be used for this config."""
+
+
+# Keys that may change between a run and its resumption.
+RESUMABLE_KEYS = (
+    "name",
+    "stage1.num_steps",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "max_checkpoints_to_keep",
+    "eval",
+)
+
+CONFIG_FILENAME = "config.json"
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+  node = config
+  for part in key.split("."):
+    if part not in node:
+      raise ConfigError(f"config.{key} is missing; add it to the config file.")
+    node = node[part]
+  return node
+
+
+def _check_choice(config, key: str, choices: Iterable[str]) -> None:
+  value = _get(config, key)
+  choices = sorted(choices)
+  if value not in choices:
+    raise ConfigError(
+        f"config.{key}={value!r} is unknown; choose one of {choices} "
+        f"(e.g. --config.{key}={choices[0]})."
+    )
+
+
+def _check_number(
+    config,
+    key: str,
+    kind: type,
+    condition: Callable[[float], bool],
+    requirement: str,
+) -> None:
+  value = _get(config, key)
+  valid_type = isinstance(value, (int, float)) and not isinstance(value, bool)
+  if kind is int:
+    valid_type = valid_type and float(value).is_integer()
+  if not valid_type:
+    raise ConfigError(
+        f"config.{key}={value!r} must be {'an integer' if kind is int else 'a number'}."
+    )
+  if not condition(value):
+    raise ConfigError(f"config.{key}={value!r} must be {requirement}.")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError for the first invalid value of a stage-one config."""
+  # Imported here: the registries import JAX, which this module avoids so that
+  # configs can be checked cheaply.
+  from msdr_jax import data  # pylint: disable=g-import-not-at-top
+  from msdr_jax import losses  # pylint: disable=g-import-not-at-top
+  from msdr_jax import train  # pylint: disable=g-import-not-at-top
+  from msdr_jax.models import architectures  # pylint: disable=g-import-not-at-top
+
+  positive = (lambda v: v > 0, "> 0")
+  non_negative = (lambda v: v >= 0, ">= 0")
+  at_least_one = (lambda v: v >= 1, ">= 1")
+
+  _check_number(config, "seed", int, lambda v: v >= 0, ">= 0")
+  _check_choice(config, "data.name", data.DATASETS)
+  _check_choice(config, "stage1.model.architecture", architectures.ARCHITECTURES)
+  _check_number(config, "stage1.model.latent_dim", int, *at_least_one)
+  _check_choice(config, "stage1.model.likelihood", losses.LIKELIHOODS)
+  _check_choice(config, "stage1.objective.name", losses.OBJECTIVES)
+  for key in ("beta", "alpha", "gamma"):
+    _check_number(config, f"stage1.objective.{key}", float, *non_negative)
+  _check_choice(config, "stage1.objective.tc_estimator", losses.TC_ESTIMATORS)
+  _check_choice(config, "stage1.optimizer.name", train.OPTIMIZERS)
+  _check_number(config, "stage1.optimizer.learning_rate", float, *positive)
+  for key in ("b1", "b2"):
+    _check_number(
+        config, f"stage1.optimizer.{key}", float, lambda v: 0 <= v < 1, "in [0, 1)"
+    )
+  _check_number(config, "stage1.optimizer.eps", float, *positive)
+  _check_number(config, "stage1.num_steps", int, *at_least_one)
+  # The total-correlation estimators compare each sample with the others.
+  _check_number(config, "batch_size", int, lambda v: v >= 2, ">= 2")
+  for key in ("log_every_steps", "checkpoint_every_steps", "max_checkpoints_to_keep"):
+    _check_number(config, key, int, *at_least_one)
+  _check_number(config, "eval.batch_size", int, lambda v: v >= 2, ">= 2")
+  _check_number(
+      config,
+      "eval.num_points",
+      int,
+      lambda v: v >= config.eval.batch_size and v % config.eval.batch_size == 0,
+      f"a positive multiple of config.eval.batch_size={config.eval.batch_size}",
+  )
+  _check_number(config, "eval.mig_bins", int, lambda v: v >= 2, ">= 2")
+  _check_number(config, "eval.traversal_steps", int, lambda v: v >= 2, ">= 2")
+  _check_number(config, "eval.traversal_range", float, *positive)
+  _check_number(config, "eval.active_variance_threshold", float, *non_negative)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, path + "."))
+    else:
+      flat[path] = value
+  return flat
+
+
+def _is_resumable(key: str) -> bool:
+  return any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS)
+
+
+def run_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The flattened config without the resumable keys."""
+  flat = _flatten(json.loads(config.to_json()))
+  return {k: v for k, v in sorted(flat.items()) if not _is_resumable(k)}
+
+
+def fingerprint(config: ml_collections.ConfigDict) -> str:
+  """Short hash of `run_identity`, used to name default work directories."""
+  encoded = json.dumps(run_identity(config), sort_keys=True).encode()
+  return hashlib.sha256(encoded).hexdigest()[:8]
+
+
+def default_workdir(config: ml_collections.ConfigDict) -> str:
+  """`runs/<config name>-<fingerprint>`: rerunning a command resumes it."""
+  return os.path.join("runs", f"{config.name}-{fingerprint(config)}")
+
+
+def bind_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Records the config in `workdir`, or checks it matches the recorded one."""
+  path = epath.Path(workdir) / CONFIG_FILENAME
+  if path.exists():
+    recorded = json.loads(path.read_text())
+    theirs = {k: v for k, v in _flatten(recorded).items() if not _is_resumable(k)}
+    ours = run_identity(config)
+    differing = sorted(k for k in theirs.keys() | ours.keys()
+                       if theirs.get(k, "<absent>") != ours.get(k, "<absent>"))
+    if differing:
+      key = differing[0]
+      raise RunDirectoryError(
+          f"{workdir} holds a run with a different config: {key} is "
+          f"{theirs.get(key, '<absent>')!r} there but {ours.get(key, '<absent>')!r} "
+          f"here ({len(differing)} key(s) differ). Use another --workdir, or "
+          "rerun with the recorded config to resume."
+      )
+  else:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / (CONFIG_FILENAME + ".tmp")
+    tmp.write_text(config.to_json(indent=2, sort_keys=True))
+    tmp.rename(path)

@@ -1,0 +1,69 @@
+r"""Trains and evaluates a multi-stage disentangled representation learner.
+
+  python -m msdr_jax.main --config=configs/dsprites.py
+  python -m msdr_jax.main --config=configs/dsprites.py:preset=quick \
+      --workdir=runs/quick --config.stage1.objective.beta=4
+
+Without --workdir the run goes to runs/<config name>-<config hash>, so the
+same command resumes an interrupted run.
+"""
+
+import logging as std_logging
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from msdr_jax import configuration
+from msdr_jax import train
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string(
+    "workdir", None,
+    "Directory for checkpoints, logs and results (default: "
+    "runs/<config name>-<config hash>).",
+)
+config_flags.DEFINE_config_file(
+    "config", None, "Training configuration file.", lock_config=True
+)
+flags.mark_flags_as_required(["config"])
+
+
+class _HideLibraryInfo(std_logging.Filter):
+  """Keeps orbax's per-save INFO chatter out of the training log."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+# Errors caused by the user's input: reported in one line, without traceback.
+_USER_ERRORS = (
+    configuration.ConfigError,
+    configuration.RunDirectoryError,
+    train.NonFiniteLossError,
+)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_HideLibraryInfo())
+  config = FLAGS.config
+  workdir = FLAGS.workdir or configuration.default_workdir(config)
+  logging.info("JAX devices: %s", jax.devices())
+  logging.info("Work directory: %s", workdir)
+  print(f"msdr_jax: work directory {workdir}", flush=True)
+  try:
+    train.train_and_evaluate(config, workdir)
+  except _USER_ERRORS as e:
+    print(f"msdr_jax: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+  print(f"msdr_jax: results in {workdir}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

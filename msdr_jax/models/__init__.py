@@ -1,0 +1,1 @@
+"""Stage-one models: encoder/decoder architectures and the VAE."""

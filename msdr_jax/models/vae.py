@@ -1,0 +1,69 @@
+"""The stage-one VAE as a Flax module with pure `encode` / `decode` methods.
+
+Parameters live outside the module (`{'params': ...}` pytrees), so every
+method is a pure function of `(params, inputs)`:
+
+  model = VAE(architecture='dlib_conv', latent_dim=10, image_shape=(64, 64, 1))
+  params = model.init(rng, images, rng)['params']
+  mean, log_var = model.apply({'params': params}, images, method=VAE.encode)
+  logits = model.apply({'params': params}, mean, method=VAE.decode)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from msdr_jax.models import architectures
+
+
+class VAEOutput(NamedTuple):
+  """Everything the stage-one objectives need from one forward pass."""
+
+  mean: jax.Array  # [B, K] posterior means, the representation of the metrics.
+  log_var: jax.Array  # [B, K] posterior log-variances.
+  latents: jax.Array  # [B, K] one reparameterised posterior sample per image.
+  decoder_output: jax.Array  # [B, H, W, C] likelihood parameters (logits).
+
+
+class VAE(nn.Module):
+  """Gaussian-posterior VAE: q(z|x) = N(mean(x), diag exp(log_var(x)))."""
+
+  architecture: str
+  latent_dim: int
+  image_shape: Sequence[int]
+
+  def setup(self):
+    encoder_cls, decoder_cls = architectures.ARCHITECTURES[self.architecture]
+    self.encoder = encoder_cls(latent_dim=self.latent_dim)
+    self.decoder = decoder_cls(image_shape=tuple(self.image_shape))
+
+  def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return self.encoder(images)
+
+  def decode(self, latents: jax.Array) -> jax.Array:
+    return self.decoder(latents)
+
+  def __call__(self, images: jax.Array, rng: jax.Array) -> VAEOutput:
+    mean, log_var = self.encode(images)
+    latents = sample_diagonal_gaussian(rng, mean, log_var)
+    return VAEOutput(mean, log_var, latents, self.decode(latents))
+
+
+def sample_diagonal_gaussian(
+    rng: jax.Array, mean: jax.Array, log_var: jax.Array
+) -> jax.Array:
+  """Reparameterised sample z = mean + exp(log_var / 2) * eps."""
+  eps = jax.random.normal(rng, mean.shape, mean.dtype)
+  return mean + jnp.exp(0.5 * log_var) * eps
+
+
+def model_from_config(model_config, image_shape: Sequence[int]) -> VAE:
+  return VAE(
+      architecture=model_config.architecture,
+      latent_dim=model_config.latent_dim,
+      image_shape=tuple(image_shape),
+  )

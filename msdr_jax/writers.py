@@ -1,0 +1,99 @@
+"""Logging: TensorBoard scalars and images, and human-readable progress."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import tensorboardX
+
+
+class MetricWriter:
+  """TensorBoard event files in `logdir` (readable by `tensorboard --logdir`)."""
+
+  def __init__(self, logdir: str):
+    self._writer = tensorboardX.SummaryWriter(logdir=str(logdir))
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    for name, value in scalars.items():
+      self._writer.add_scalar(name, float(value), global_step=step)
+    self._writer.flush()
+
+  def write_image(self, step: int, name: str, image: np.ndarray) -> None:
+    """`image` is [H, W] or [H, W, C] with values in [0, 1]."""
+    image = np.asarray(image, np.float32)
+    if image.ndim == 2:
+      image = image[..., None]
+    self._writer.add_image(name, image, global_step=step, dataformats="HWC")
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+  def __enter__(self) -> "MetricWriter":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+
+def scalar_summary(
+    step_metrics: Sequence[tuple[int, Mapping[str, Any]]], prefix: str
+) -> dict[str, float]:
+  """Averages per-step metrics over a logging window.
+
+  Vector metrics (e.g. the KL of each latent) become one scalar per entry,
+  `name/0`, `name/1`, ...
+  """
+  stacked = {
+      name: np.stack([np.asarray(m[name]) for _, m in step_metrics])
+      for name in step_metrics[0][1]
+  }
+  scalars = {}
+  for name, values in stacked.items():
+    mean = values.mean(0)
+    if mean.ndim == 0:
+      scalars[f"{prefix}/{name}"] = float(mean)
+    else:
+      for i, value in enumerate(mean.reshape(-1)):
+        scalars[f"{prefix}/{name}/{i}"] = float(value)
+  return scalars
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, seconds = divmod(rest, 60)
+  if hours:
+    return f"{hours}h{minutes:02d}m"
+  if minutes:
+    return f"{minutes}m{seconds:02d}s"
+  return f"{seconds}s"
+
+
+class Progress:
+  """Steps/s, images/s and ETA over the last logging window."""
+
+  def __init__(self, num_steps: int, start_step: int, batch_size: int):
+    self._num_steps = num_steps
+    self._batch_size = batch_size
+    self._last_step = start_step
+    self._last_time = time.perf_counter()
+
+  def report(self, step: int, metrics: Mapping[str, Any]) -> str:
+    now = time.perf_counter()
+    rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    eta = (self._num_steps - step) / max(rate, 1e-9)
+    terms = " ".join(
+        f"{name} {float(value):.3f}"
+        for name, value in metrics.items()
+        if np.ndim(value) == 0
+    )
+    width = len(str(self._num_steps))
+    return (
+        f"step {step:>{width}}/{self._num_steps} | {terms} | "
+        f"{rate:.2f} steps/s ({rate * self._batch_size:.0f} img/s) | "
+        f"ETA {_format_duration(eta)}"
+    )

@@ -1,0 +1,29 @@
+"""msdr_jax: multi-stage disentangled representation learning in JAX."""
+
+import setuptools
+
+setuptools.setup(
+    name="msdr_jax",
+    version="0.1.0",
+    description=(
+        "Multi-stage disentangled representation learning: a disentangling "
+        "VAE (stage one) plus a detail model (stage two), in JAX/Flax."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["msdr_jax", "msdr_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "absl-py>=2.1",
+        "flax>=0.10",
+        "jax>=0.5",
+        "ml-collections>=1.0",
+        "numpy>=1.26",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "pillow>=10.0",
+        "tensorboardX>=2.6",
+        "tensorflow-datasets>=4.9.7",
+    ],
+    extras_require={"test": ["pytest>=8.0"]},
+)
