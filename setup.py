@@ -22,8 +22,9 @@ setuptools.setup(
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
         "pillow>=10.0",
+        "scikit-learn>=1.3",
         "tensorboardX>=2.6",
         "tensorflow-datasets>=4.9.7",
     ],
-    extras_require={"test": ["pytest>=8.0"]},
+    extras_require={"test": ["pytest>=8.0", "scipy>=1.11"]},
 )

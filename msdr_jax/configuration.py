@@ -181,4 +181,4 @@ def bind_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / (CONFIG_FILENAME + ".tmp")
     tmp.write_text(config.to_json(indent=2, sort_keys=True))
-    tmp.rename(path)
+    tmp.replace(path)

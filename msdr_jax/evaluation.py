@@ -76,7 +76,7 @@ def write_json(path: epath.Path, payload: dict[str, Any]) -> None:
   """Atomic write: a crash never leaves a half-written metrics file."""
   tmp = path.parent / (path.name + ".tmp")
   tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-  tmp.rename(path)
+  tmp.replace(path)
 
 
 def evaluate_stage_one(

@@ -72,6 +72,9 @@ def _format_duration(seconds: float) -> str:
   return f"{seconds}s"
 
 
+_LEADING_TERMS = ("loss", "recon", "kl", "mi", "tc", "dim_kl")
+
+
 class Progress:
   """Steps/s, images/s and ETA over the last logging window."""
 
@@ -86,11 +89,10 @@ class Progress:
     rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
     self._last_step, self._last_time = step, now
     eta = (self._num_steps - step) / max(rate, 1e-9)
-    terms = " ".join(
-        f"{name} {float(value):.3f}"
-        for name, value in metrics.items()
-        if np.ndim(value) == 0
-    )
+    scalars = [name for name in metrics if np.ndim(metrics[name]) == 0]
+    ordered = [n for n in _LEADING_TERMS if n in scalars]
+    ordered += sorted(set(scalars) - set(ordered))
+    terms = " ".join(f"{name} {float(metrics[name]):.3f}" for name in ordered)
     width = len(str(self._num_steps))
     return (
         f"step {step:>{width}}/{self._num_steps} | {terms} | "

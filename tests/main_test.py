@@ -1,0 +1,144 @@
+"""End-to-end runs of the real CLI on the tiny preset."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from PIL import Image
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = "--config=configs/dsprites.py:preset=tiny"
+# Long enough to be killed in the middle, short enough for CI.
+RESUMABLE = (TINY, "--config.stage1.num_steps=120",
+             "--config.checkpoint_every_steps=20", "--config.log_every_steps=10")
+
+
+def _cli(*args, **kwargs):
+  return subprocess.Popen(
+      [sys.executable, "-m", "msdr_jax.main", *args],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _run(*args, timeout=300):
+  process = _cli(*args)
+  stdout, stderr = process.communicate(timeout=timeout)
+  return process.returncode, stdout, stderr
+
+
+def _final_params(workdir, step):
+  restored = ocp.StandardCheckpointer().restore(
+      pathlib.Path(workdir).absolute() / "checkpoints" / str(step) / "default")
+  return restored["params"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  code, stdout, stderr = _run(*RESUMABLE, f"--workdir={workdir}")
+  assert code == 0, stderr[-3000:]
+  return workdir, stdout, stderr
+
+
+def test_cli_writes_figures_metrics_and_logs(uninterrupted_run):
+  workdir, stdout, stderr = uninterrupted_run
+  assert f"work directory {workdir}" in stdout
+  assert "steps/s" in stderr and "ETA" in stderr
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  for key in ("reconstruction_bce", "reconstruction_mse", "kl", "tc",
+              "active_latents", "mig"):
+    assert np.isfinite(metrics[key]), key
+  assert 0.0 <= metrics["mig"] <= 1.0
+  assert len(metrics["kl_per_latent"]) == 10
+  traversal = np.asarray(Image.open(workdir / "traversals.png"))
+  assert traversal.shape[0] == 10 * (64 + 2) + 2  # One row per latent.
+  recon = np.asarray(Image.open(workdir / "reconstructions.png"))
+  assert recon.shape[0] == 4 * (64 + 2) + 2  # 16 inputs and their reconstructions.
+  assert any(p.name.startswith("events.out.tfevents") for p in workdir.iterdir())
+  assert json.loads((workdir / "config.json").read_text())["stage1"]["num_steps"] == 120
+
+
+def test_sigkill_then_rerun_ends_where_an_uninterrupted_run_does(
+    uninterrupted_run, tmp_path):
+  reference_dir = uninterrupted_run[0]
+  workdir = tmp_path / "killed"
+  process = _cli(*RESUMABLE, f"--workdir={workdir}")
+  checkpoint = workdir / "checkpoints" / "40"
+  deadline = time.time() + 300
+  while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.communicate()
+  assert process.returncode == -signal.SIGKILL
+  assert not (workdir / "checkpoints" / "120").exists(), "killed too late to test resumption"
+
+  code, _, stderr = _run(*RESUMABLE, f"--workdir={workdir}")
+  assert code == 0, stderr[-3000:]
+  assert "Resumed stage one from the checkpoint at step" in stderr
+  jax.tree_util.tree_map(np.testing.assert_array_equal,
+                         _final_params(workdir, 120), _final_params(reference_dir, 120))
+
+
+def test_default_workdir_is_printed_and_reused(tmp_path):
+  # Without --workdir the run goes to runs/<name>-<hash> under the current
+  # directory; run from a scratch copy of the configs so the repo stays clean.
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "dsprites.py").write_text(
+      (REPO / "configs" / "dsprites.py").read_text())
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  args = [sys.executable, "-m", "msdr_jax.main", TINY, "--config.stage1.num_steps=2",
+          "--config.eval.num_points=200"]
+  first = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+  assert first.returncode == 0, first.stderr[-3000:]
+  runs = list((tmp_path / "runs").iterdir())
+  assert len(runs) == 1 and runs[0].name.startswith("dsprites-tiny-")
+  assert f"work directory runs/{runs[0].name}" in first.stdout
+  second = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+  assert second.returncode == 0
+  assert "Resumed stage one from the checkpoint at step 2" in second.stderr
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.stage1.model.architecture=resnet",
+         "msdr_jax: error: config.stage1.model.architecture='resnet' is unknown"),
+        ("--config.data.name=celeba", "msdr_jax: error: config.data.name='celeba' is unknown"),
+        ("--config.stage1.objective.beta=-2", "config.stage1.objective.beta=-2.0 must be >= 0"),
+    ],
+)
+def test_cli_bad_input_is_one_line_without_traceback(override, message, tmp_path):
+  code, _, stderr = _run(TINY, override, f"--workdir={tmp_path / 'run'}")
+  assert code == 1
+  assert message in stderr
+  assert "Traceback" not in stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_cli_refuses_workdir_of_another_config(uninterrupted_run):
+  workdir = uninterrupted_run[0]
+  before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+  code, _, stderr = _run(*RESUMABLE, "--config.stage1.objective.beta=3",
+                         f"--workdir={workdir}")
+  assert code == 1
+  assert "holds a run with a different config: stage1.objective.beta" in stderr
+  assert "Traceback" not in stderr
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+
+
+def test_cli_wrong_type_and_unknown_preset_fail_clearly(tmp_path):
+  code, _, stderr = _run(TINY, "--config.stage1.model.latent_dim=ten",
+                         f"--workdir={tmp_path / 'a'}")
+  assert code != 0 and "latent_dim" in stderr and "Traceback" not in stderr
+  code, _, stderr = _run("--config=configs/dsprites.py:preset=huge",
+                         f"--workdir={tmp_path / 'b'}")
+  assert code != 0 and "Unknown preset 'huge'" in stderr

@@ -1,0 +1,145 @@
+"""In-process tests of the train step, the loop, checkpoints and bad input."""
+
+import pathlib
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import dsprites
+from msdr_jax import configuration
+from msdr_jax import data
+from msdr_jax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _tiny_config():
+  config = dsprites.get_config("preset=tiny")
+  config.eval.num_points = 200
+  return config
+
+
+def test_readme_train_step_example_runs():
+  readme = (REPO / "README.md").read_text()
+  match = re.search(r"<!-- train-step-example -->\s*```python\n(.*?)```", readme, re.S)
+  assert match, "README lost its train-step example"
+  namespace = {}
+  exec(compile(match.group(1), "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  assert np.isfinite(float(namespace["metrics"]["loss"]))
+  assert int(namespace["state"].step) == 3
+
+
+def test_train_step_is_deterministic_and_learns():
+  config = _tiny_config()
+  config.stage1.optimizer.learning_rate = 1e-3
+  dataset = data.get_dataset(config.data)
+  shape = dataset.observation_shape
+  step = jax.jit(train.make_train_step(config.stage1, shape, dataset.num_images))
+  images, _ = dataset.sample(jax.random.PRNGKey(0), 16)
+
+  def run():
+    state = train.create_train_state(config.stage1, shape, jax.random.PRNGKey(3))
+    losses = []
+    for i in range(15):
+      state, metrics = step(state, images, jax.random.PRNGKey(i))
+      losses.append(float(metrics["loss"]))
+    return state, losses
+
+  state_a, losses_a = run()
+  state_b, losses_b = run()
+  assert losses_a == losses_b
+  jax.tree_util.tree_map(np.testing.assert_array_equal, state_a.params, state_b.params)
+  assert losses_a[-1] < 0.7 * losses_a[0], losses_a
+
+
+def test_train_step_takes_a_mapped_axis():
+  """With axis_name, per-device gradients are averaged: 2 shards == 1 batch."""
+  config = _tiny_config()
+  dataset = data.get_dataset(config.data)
+  shape = dataset.observation_shape
+  images, _ = dataset.sample(jax.random.PRNGKey(0), 8)
+  state = train.create_train_state(config.stage1, shape, jax.random.PRNGKey(1))
+  loss_fn = train.make_loss_fn(config.stage1, shape, dataset.num_images)
+  mapped_step = train.make_train_step(config.stage1, shape, dataset.num_images,
+                                      axis_name="devices")
+  shards = images.reshape(2, 4, *shape)
+  rngs = jax.random.split(jax.random.PRNGKey(2), 2)
+  new_states, _ = jax.jit(
+      jax.vmap(mapped_step, in_axes=(None, 0, 0), axis_name="devices"))(
+          state, shards, rngs)
+  grad_fn = jax.jit(jax.grad(loss_fn, has_aux=True))
+  grads = [grad_fn(state.params, s, r)[0] for s, r in zip(shards, rngs)]
+  mean_grad = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, *grads)
+  expected = state.apply_gradients(grads=mean_grad)
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=1e-6),
+      new_states.params, expected.params)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+  config = _tiny_config()  # checkpoints every 3 steps, 6 steps.
+  make_step = train.make_train_step
+
+  def poisoned_make_train_step(*args, **kwargs):
+    step = make_step(*args, **kwargs)
+
+    def poisoned(state, batch, rng):
+      # From the 5th step on the batch is NaN, so the loss is too.
+      batch = batch * jnp.where(state.step >= 4, jnp.nan, 1.0)
+      return step(state, batch, rng)
+
+    return poisoned
+
+  monkeypatch.setattr(train, "make_train_step", poisoned_make_train_step)
+  with pytest.raises(train.NonFiniteLossError, match=r"nan at step 5\. .*step 3\)"):
+    train.train_and_evaluate(config, str(tmp_path))
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert steps == [3]
+  restored = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / "3" / "default")
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(restored["params"]))
+  assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("data.name", "mnist", r"config.data.name='mnist' is unknown; choose one of \['dsprites'\]"),
+        ("stage1.model.architecture", "resnet", "config.stage1.model.architecture='resnet' is unknown"),
+        ("stage1.model.likelihood", "poisson", "config.stage1.model.likelihood='poisson' is unknown"),
+        ("stage1.objective.name", "vae", "config.stage1.objective.name='vae' is unknown"),
+        ("stage1.objective.tc_estimator", "exact", "tc_estimator='exact' is unknown"),
+        ("stage1.objective.beta", -1.0, r"config.stage1.objective.beta=-1.0 must be >= 0"),
+        ("stage1.model.latent_dim", 0, "latent_dim=0 must be >= 1"),
+        ("batch_size", 1, "config.batch_size=1 must be >= 2"),
+        ("stage1.optimizer.learning_rate", 0.0, "learning_rate=0.0 must be > 0"),
+        ("eval.num_points", 250, "multiple of config.eval.batch_size"),
+    ],
+)
+def test_bad_config_values_name_the_key(key, value, message, tmp_path):
+  config = _tiny_config()
+  node = config
+  *parents, leaf = key.split(".")
+  for part in parents:
+    node = node[part]
+  node[leaf] = value
+  with pytest.raises(configuration.ConfigError, match=message) as info:
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert "\n" not in str(info.value)
+  assert not (tmp_path / "run").exists(), "a rejected config must not touch the workdir"
+
+
+def test_workdir_of_another_config_is_refused(tmp_path):
+  config = _tiny_config()
+  configuration.bind_workdir(config, str(tmp_path))
+  config.stage1.num_steps = 100  # Resumable: still the same run.
+  configuration.bind_workdir(config, str(tmp_path))
+  config.stage1.objective.beta = 2.0
+  with pytest.raises(configuration.RunDirectoryError,
+                     match=r"stage1.objective.beta is 6.0 there but 2.0 here"):
+    configuration.bind_workdir(config, str(tmp_path))
+  assert configuration.fingerprint(config) != configuration.fingerprint(_tiny_config())
