@@ -48,6 +48,24 @@ _USER_ERRORS = (
 )
 
 
+def _parse_flags(argv):
+  """Parses flags; a bad flag, override or config file is reported in one line."""
+  try:
+    argv = FLAGS(argv)
+    FLAGS.config.get("name")  # ml_collections defers config-file load errors.
+    return argv
+  except flags.Error as e:
+    # A failing config file comes wrapped in its traceback: keep its last line.
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    reason = lines[-1].split(": ", 1)[-1] if len(lines) > 1 else lines[0]
+  except KeyError as e:  # An override of a key the config does not have.
+    reason = "unknown config key " + " ".join(str(e.args[0]).split("\n"))
+  except OSError as e:  # The config file could not be loaded.
+    reason = " ".join(line.strip() for line in str(e).splitlines()[-2:])
+  print(f"msdr_jax: error: {reason}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -66,4 +84,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

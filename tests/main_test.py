@@ -135,10 +135,20 @@ def test_cli_refuses_workdir_of_another_config(uninterrupted_run):
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
 
 
-def test_cli_wrong_type_and_unknown_preset_fail_clearly(tmp_path):
-  code, _, stderr = _run(TINY, "--config.stage1.model.latent_dim=ten",
-                         f"--workdir={tmp_path / 'a'}")
-  assert code != 0 and "latent_dim" in stderr and "Traceback" not in stderr
-  code, _, stderr = _run("--config=configs/dsprites.py:preset=huge",
-                         f"--workdir={tmp_path / 'b'}")
-  assert code != 0 and "Unknown preset 'huge'" in stderr
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((TINY, "--config.stage1.model.latent_dim=ten"),
+         "--config.stage1.model.latent_dim=ten: invalid literal for int()"),
+        ((TINY, "--config.stage1.modle.latent_dim=3"),
+         "unknown config key 'modle' Did you mean \"model\""),
+        (("--config=configs/dsprites.py:preset=huge",), "Unknown preset 'huge'"),
+        (("--config=configs/missing.py",), "No such file or directory"),
+    ],
+)
+def test_cli_flag_errors_are_one_line(args, message, tmp_path):
+  code, _, stderr = _run(*args, f"--workdir={tmp_path / 'run'}")
+  assert code == 2
+  assert stderr.startswith("msdr_jax: error: ") and message in stderr, stderr
+  assert stderr.count("\n") == 1, stderr
+  assert not (tmp_path / "run").exists()
