@@ -7,8 +7,8 @@ and once with plain `flax.linen.Conv` / `ConvTranspose`, which compute the same
 function (tests/layers_test.py). Rounds alternate between the two so that both
 see the same machine load; the median is reported.
 
-  python benchmarks/stage_one_throughput.py
-  python benchmarks/stage_one_throughput.py --batch_size=256 --architecture=burgess
+  python -m benchmarks.stage_one_throughput
+  python -m benchmarks.stage_one_throughput --batch_size=256 --architecture=burgess
 """
 
 import contextlib
@@ -40,11 +40,11 @@ class _FlaxLayers:
   """The reference: flax.linen's strided convolutions with SAME padding."""
 
   @staticmethod
-  def Conv2x(features, kernel_size):  # pylint: disable=invalid-name
+  def Stride2Conv(features, kernel_size):  # pylint: disable=invalid-name
     return nn.Conv(features, (kernel_size,) * 2, strides=(2, 2), padding="SAME")
 
   @staticmethod
-  def ConvTranspose2x(features, kernel_size):  # pylint: disable=invalid-name
+  def Stride2ConvTranspose(features, kernel_size):  # pylint: disable=invalid-name
     return nn.ConvTranspose(
         features, (kernel_size,) * 2, strides=(2, 2), padding="SAME"
     )

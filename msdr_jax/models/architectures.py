@@ -7,7 +7,7 @@ Two architectures, chosen by `config.stage1.model.architecture`:
   studies.
 * `burgess` -- Burgess et al. (2018), used by many PyTorch code bases.
 
-The strided convolutions are `layers.Conv2x` / `layers.ConvTranspose2x`: the
+The strided convolutions are `layers.Stride2Conv` / `layers.Stride2ConvTranspose`: the
 same functions and parameters as `flax.linen.Conv` / `ConvTranspose` with SAME
 padding, reformulated to run faster on CPUs (see `layers.py`).
 """
@@ -32,7 +32,7 @@ class DlibConvEncoder(nn.Module):
   def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     h = images
     for features, kernel in ((32, 4), (32, 4), (64, 2), (64, 2)):
-      h = nn.relu(layers.Conv2x(features, kernel)(h))
+      h = nn.relu(layers.Stride2Conv(features, kernel)(h))
     h = h.reshape(h.shape[0], -1)
     h = nn.relu(nn.Dense(256)(h))
     stats = nn.Dense(2 * self.latent_dim)(h)
@@ -52,8 +52,8 @@ class DlibConvDecoder(nn.Module):
     h = nn.relu(nn.Dense(1024)(h))
     h = h.reshape(h.shape[0], height // 16, width // 16, -1)
     for features in (64, 32, 32):
-      h = nn.relu(layers.ConvTranspose2x(features, 4)(h))
-    return layers.ConvTranspose2x(channels, 4)(h)
+      h = nn.relu(layers.Stride2ConvTranspose(features, 4)(h))
+    return layers.Stride2ConvTranspose(channels, 4)(h)
 
 
 class BurgessEncoder(nn.Module):
@@ -66,7 +66,7 @@ class BurgessEncoder(nn.Module):
     h = images
     for _ in range(4):
       # For k4 s2 on even sizes, PyTorch's padding=1 is exactly SAME.
-      h = nn.relu(layers.Conv2x(32, 4)(h))
+      h = nn.relu(layers.Stride2Conv(32, 4)(h))
     h = h.reshape(h.shape[0], -1)
     h = nn.relu(nn.Dense(256)(h))
     h = nn.relu(nn.Dense(256)(h))
@@ -88,8 +88,8 @@ class BurgessDecoder(nn.Module):
     h = nn.relu(nn.Dense(32 * (height // 16) * (width // 16))(h))
     h = h.reshape(h.shape[0], height // 16, width // 16, 32)
     for _ in range(3):
-      h = nn.relu(layers.ConvTranspose2x(32, 4)(h))
-    return layers.ConvTranspose2x(channels, 4)(h)
+      h = nn.relu(layers.Stride2ConvTranspose(32, 4)(h))
+    return layers.Stride2ConvTranspose(channels, 4)(h)
 
 
 ARCHITECTURES = {
