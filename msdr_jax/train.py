@@ -127,6 +127,10 @@ def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
   )
 
 
+def _first_sentence(error: Exception) -> str:
+  return str(error).splitlines()[0].split(". ")[0]
+
+
 def restore_or_create_state(
     manager: ocp.CheckpointManager, state: TrainState
 ) -> TrainState:
@@ -140,8 +144,7 @@ def restore_or_create_state(
   except (ValueError, KeyError, TypeError) as e:
     raise configuration.RunDirectoryError(
         f"Checkpoint {latest} in {manager.directory} does not match this "
-        f"config's model ({type(e).__name__}: {str(e).splitlines()[0]}). "
-        "Use another --workdir."
+        f"config's model ({_first_sentence(e)}). Use another --workdir."
     ) from e
 
 

@@ -143,3 +143,20 @@ def test_workdir_of_another_config_is_refused(tmp_path):
                      match=r"stage1.objective.beta is 6.0 there but 2.0 here"):
     configuration.bind_workdir(config, str(tmp_path))
   assert configuration.fingerprint(config) != configuration.fingerprint(_tiny_config())
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+  config = _tiny_config()
+  shape = (64, 64, 1)
+  config.stage1.model.latent_dim = 4
+  other = train.create_train_state(config.stage1, shape, jax.random.PRNGKey(0))
+  manager = ocp.CheckpointManager(tmp_path.absolute() / "checkpoints")
+  manager.save(3, args=ocp.args.StandardSave(other))
+  manager.wait_until_finished()
+  config.stage1.model.latent_dim = 10
+  state = train.create_train_state(config.stage1, shape, jax.random.PRNGKey(0))
+  with pytest.raises(configuration.RunDirectoryError,
+                     match=r"Checkpoint 3 in .* does not match this config.s model "
+                     r"\(Requested shape: \(.*\) is not compatible with the "
+                     r"stored shape: \(.*\)\)\. Use another --workdir\.$"):
+    train.restore_or_create_state(manager, state)
