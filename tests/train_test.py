@@ -160,3 +160,4 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
                      r"\(Requested shape: \(.*\) is not compatible with the "
                      r"stored shape: \(.*\)\)\. Use another --workdir\.$"):
     train.restore_or_create_state(manager, state)
+  manager.close()
