@@ -365,27 +365,14 @@ def _unflatten_batch(y: Array, batch_shape: tuple[int, ...] | None) -> Array:
   return y.reshape(batch_shape + y.shape[1:])
 
 
-class Stride2Conv(nn.Module):
-  """Drop-in for `nn.Conv(features, kernel_size, strides=(2, 2), padding)`.
-
-  Same parameters, initialisers, padding semantics and outputs as the flax
-  layer; the input gradient goes through the space-to-depth form (see
-  `_s2d_conv`), which XLA:CPU runs 1.3-3x faster than the input-dilated
-  convolution plain autodiff produces, and kernels of at most 2x2 on inputs
-  of at least 16x16 are computed entirely as one matmul. Forward+backward of
-  the VAE encoder layers with 32 input channels is 1.2-2.6x faster; the image
-  layer (fewer than 4 channels) is the plain flax computation. Inputs are
-  NHWC (extra or missing leading batch dims are handled like flax does).
-
-  Parameters copy to and from `nn.Conv` as they are; inside a model give the
-  layer the same explicit `name` as the flax layer it replaces, since flax's
-  automatic names ('Conv_0' vs 'Stride2Conv_0') follow the class name.
+class _Stride2Layer(nn.Module):
+  """Attributes and parameters shared by the two layers (those of flax's).
 
   Attributes:
     features: number of output channels.
-    kernel_size: int (square) or `(kh, kw)`. Unlike `nn.Conv`, an int means
-      a square 2-D kernel, since this layer is 2-D only.
-    padding: 'SAME', 'VALID', an int or explicit pairs, as in `nn.Conv`.
+    kernel_size: int (square) or `(kh, kw)`. Unlike flax, an int means a
+      square 2-D kernel, since these layers are 2-D only.
+    padding: 'SAME', 'VALID', an int or explicit pairs, as in the flax layer.
     use_bias: whether to add a bias.
     dtype: computation dtype (default: inferred from inputs and params).
     param_dtype: dtype of the parameters.
@@ -404,15 +391,18 @@ class Stride2Conv(nn.Module):
   kernel_init: Any = flax_linear.default_kernel_init
   bias_init: Any = nn.initializers.zeros_init()
 
-  @nn.compact
-  def __call__(self, inputs: Array) -> Array:
+  def _params_and_inputs(self, inputs: Array):
+    """Creates 'kernel' [kh, kw, in, out] and 'bias' [out] as flax does.
+
+    Returns the NHWC inputs (leading batch dims flattened), kernel and bias
+    promoted to the computation dtype, the kernel size and the batch shape.
+    """
     kernel_hw = _as_pair(self.kernel_size, 'kernel_size')
     inputs, batch_shape = _flatten_batch(inputs)
-    in_features = inputs.shape[-1]
     kernel = self.param(
         'kernel',
         self.kernel_init,
-        kernel_hw + (in_features, self.features),
+        kernel_hw + (inputs.shape[-1], self.features),
         self.param_dtype,
     )
     bias = (
@@ -423,6 +413,32 @@ class Stride2Conv(nn.Module):
     inputs, kernel, bias = dtypes.promote_dtype(
         inputs, kernel, bias, dtype=self.dtype
     )
+    return inputs, kernel, bias, kernel_hw, batch_shape
+
+
+class Stride2Conv(_Stride2Layer):
+  """Drop-in for `nn.Conv(features, kernel_size, strides=(2, 2), padding)`.
+
+  Same parameters, initialisers, padding semantics and outputs as the flax
+  layer; the input gradient goes through the space-to-depth form (see
+  `_s2d_conv`), which XLA:CPU runs 1.3-3x faster than the input-dilated
+  convolution plain autodiff produces, and kernels of at most 2x2 on inputs
+  of at least 16x16 are computed entirely as one matmul. Forward+backward of
+  the VAE encoder layers with 32 input channels is 1.2-2.6x faster; the image
+  layer (fewer than 4 channels) is the plain flax computation. Inputs are
+  NHWC (extra or missing leading batch dims are handled like flax does).
+
+  Parameters copy to and from `nn.Conv` as they are; inside a model give the
+  layer the same explicit `name` as the flax layer it replaces, since flax's
+  automatic names ('Conv_0' vs 'Stride2Conv_0') follow the class name.
+
+  Attributes: see `_Stride2Layer`.
+  """
+
+  @nn.compact
+  def __call__(self, inputs: Array) -> Array:
+    inputs, kernel, bias, kernel_hw, batch_shape = self._params_and_inputs(inputs)
+    in_features = inputs.shape[-1]
     pads = _conv_pads(self.padding, inputs.shape[1:3], kernel_hw)
     large_input = (inputs.shape[1] * inputs.shape[2]
                    >= _MIN_INPUT_PIXELS_FOR_VALUE_REFORMULATION)
@@ -438,7 +454,7 @@ class Stride2Conv(nn.Module):
     return _unflatten_batch(y, batch_shape)
 
 
-class Stride2ConvTranspose(nn.Module):
+class Stride2ConvTranspose(_Stride2Layer):
   """Drop-in for `nn.ConvTranspose(features, kernel_size, strides=(2, 2))`.
 
   Same parameters, initialisers, padding semantics (those of
@@ -456,48 +472,12 @@ class Stride2ConvTranspose(nn.Module):
   PyTorch's `ConvTranspose2d(k=4, s=2, padding=1)` (Burgess et al.); flax's
   explicit `padding=1` is a different layer (output `2n - 2`).
 
-  Attributes:
-    features: number of output channels.
-    kernel_size: int (square) or `(kh, kw)`.
-    padding: 'SAME', 'VALID', an int or explicit pairs, as in
-      `nn.ConvTranspose`.
-    use_bias: whether to add a bias.
-    dtype: computation dtype (default: inferred from inputs and params).
-    param_dtype: dtype of the parameters.
-    precision: `lax.Precision` of the convolutions.
-    kernel_init: kernel initialiser (flax's default, LeCun normal).
-    bias_init: bias initialiser (zeros).
+  Attributes: see `_Stride2Layer`.
   """
-
-  features: int
-  kernel_size: int | Sequence[int] = 4
-  padding: PaddingLike = 'SAME'
-  use_bias: bool = True
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-  kernel_init: Any = flax_linear.default_kernel_init
-  bias_init: Any = nn.initializers.zeros_init()
 
   @nn.compact
   def __call__(self, inputs: Array) -> Array:
-    kernel_hw = _as_pair(self.kernel_size, 'kernel_size')
-    inputs, batch_shape = _flatten_batch(inputs)
-    in_features = inputs.shape[-1]
-    kernel = self.param(
-        'kernel',
-        self.kernel_init,
-        kernel_hw + (in_features, self.features),
-        self.param_dtype,
-    )
-    bias = (
-        self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-        if self.use_bias
-        else None
-    )
-    inputs, kernel, bias = dtypes.promote_dtype(
-        inputs, kernel, bias, dtype=self.dtype
-    )
+    inputs, kernel, bias, kernel_hw, batch_shape = self._params_and_inputs(inputs)
     pads = _conv_transpose_pads(self.padding, kernel_hw)
     phase_value = (
         kernel_hw == (4, 4)

@@ -37,9 +37,9 @@ class VAE(nn.Module):
   image_shape: Sequence[int]
 
   def setup(self):
-    encoder_cls, decoder_cls = architectures.ARCHITECTURES[self.architecture]
-    self.encoder = encoder_cls(latent_dim=self.latent_dim)
-    self.decoder = decoder_cls(image_shape=tuple(self.image_shape))
+    architecture = architectures.ARCHITECTURES[self.architecture]
+    self.encoder = architectures.ConvEncoder(architecture, self.latent_dim)
+    self.decoder = architectures.ConvDecoder(architecture, tuple(self.image_shape))
 
   def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     return self.encoder(images)
