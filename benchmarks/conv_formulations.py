@@ -19,7 +19,7 @@ and the input; whole-network gradients w.r.t. the params only, as in
 training.
 
 Usage:
-  python benchmarks/conv_formulations.py [--batch_size=64] [--channels=1]
+  python -m benchmarks.conv_formulations [--batch_size=64] [--channels=1]
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 from typing import Callable, Sequence
 
@@ -39,10 +38,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-# Runnable as `python benchmarks/conv_formulations.py` from a checkout, without
-# installing the package.
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
-from msdr_jax.models import layers  # pylint: disable=g-import-not-at-top
+from msdr_jax.models import layers
 
 # (name, kind, input side, in channels, out channels, kernel, padding);
 # 'C' is replaced by the image channels.

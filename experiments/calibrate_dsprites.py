@@ -36,7 +36,7 @@ distance), then towards the smallest indices, because consecutive frames of
 the animation differ in one factor by one step.
 
 Usage (from the repository root):
-  python experiments/calibrate_dsprites.py [--refit] [--nowrite_csv]
+  python -m experiments.calibrate_dsprites [--refit] [--nowrite_csv]
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from __future__ import annotations
 import csv
 import functools
 import os
-import sys
 from typing import Sequence
 
 from absl import app
@@ -55,12 +54,9 @@ import numpy as np
 from PIL import Image
 from PIL import ImageSequence
 
-# Lets the script run from a checkout without installing the package.
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO_ROOT not in sys.path:
-  sys.path.insert(0, _REPO_ROOT)
+from msdr_jax.data import dsprites
 
-from msdr_jax.data import dsprites  # pylint: disable=g-import-not-at-top
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _REFERENCE = flags.DEFINE_string(
     "reference",
