@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from PIL import Image
 import pytest
+from tensorboardX.proto import event_pb2
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = "--config=configs/dsprites.py:preset=tiny"
@@ -31,6 +33,17 @@ def _run(*args, timeout=300):
   process = _cli(*args)
   stdout, stderr = process.communicate(timeout=timeout)
   return process.returncode, stdout, stderr
+
+
+def _read_events(path):
+  """Parses a TensorBoard event file (TFRecord framing: length, crc, data, crc)."""
+  events, data = [], path.read_bytes()
+  offset = 0
+  while offset < len(data):
+    (length,) = struct.unpack("<Q", data[offset:offset + 8])
+    events.append(event_pb2.Event.FromString(data[offset + 12:offset + 12 + length]))
+    offset += 12 + length + 4
+  return events
 
 
 def _final_params(workdir, step):
@@ -61,7 +74,16 @@ def test_cli_writes_figures_metrics_and_logs(uninterrupted_run):
   assert traversal.shape[0] == 10 * (64 + 2) + 2  # One row per latent.
   recon = np.asarray(Image.open(workdir / "reconstructions.png"))
   assert recon.shape[0] == 4 * (64 + 2) + 2  # 16 inputs and their reconstructions.
-  assert any(p.name.startswith("events.out.tfevents") for p in workdir.iterdir())
+  (event_file,) = [p for p in workdir.iterdir() if p.name.startswith("events.out.tfevents")]
+  tags = {}
+  for event in _read_events(event_file):
+    for value in event.summary.value:
+      tags.setdefault(value.tag, []).append(event.step)
+  for tag in ("stage1/loss", "stage1/recon", "stage1/kl", "stage1/tc", "stage1/mi",
+              "stage1/dim_kl", "stage1/kl_per_latent/9"):
+    assert tags[tag] == list(range(10, 121, 10)), tag
+  assert tags["eval/mig"] == [120]
+  assert tags["stage1/traversals"] == tags["stage1/reconstructions"] == [120]
   assert json.loads((workdir / "config.json").read_text())["stage1"]["num_steps"] == 120
 
 
