@@ -113,6 +113,9 @@ def make_train_step(
     if axis_name is not None:
       grads = jax.lax.pmean(grads, axis_name)
       metrics = jax.lax.pmean(metrics, axis_name)
+    # Logged, and checked with the loss: a finite loss with non-finite
+    # gradients would otherwise put NaN parameters into the next checkpoint.
+    metrics["grad_norm"] = optax.global_norm(grads)
     return state.apply_gradients(grads=grads), metrics
 
   return train_step
@@ -148,12 +151,15 @@ def restore_or_create_state(
     ) from e
 
 
-def _first_nonfinite(pending: list[tuple[int, Metrics]]) -> tuple[int, float] | None:
-  """(step, loss) of the first non-finite loss among fetched metrics."""
+def _first_nonfinite(
+    pending: list[tuple[int, Metrics]],
+) -> tuple[int, str, float] | None:
+  """(step, name, value) of the first non-finite loss or gradient norm."""
   for step, metrics in pending:
-    loss = float(metrics["loss"])
-    if not np.isfinite(loss):
-      return step, loss
+    for name in ("loss", "grad_norm"):
+      value = float(metrics[name])
+      if not np.isfinite(value):
+        return step, name, value
   return None
 
 
@@ -201,8 +207,9 @@ def train_stage_one(
       bad = _first_nonfinite(pending)
       if bad is not None:
         manager.wait_until_finished()
+        step, name, value = bad
         raise NonFiniteLossError(
-            f"Stage-one loss is {bad[1]} at step {bad[0]}. The last good "
+            f"Stage-one {name} is {value} at step {step}. The last good "
             f"checkpoint (step {manager.latest_step()}) in {workdir} is intact. "
             "Lower --config.stage1.optimizer.learning_rate or check the data."
         )

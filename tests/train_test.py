@@ -95,7 +95,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
     return poisoned
 
   monkeypatch.setattr(train, "make_train_step", poisoned_make_train_step)
-  with pytest.raises(train.NonFiniteLossError, match=r"nan at step 5\. .*step 3\)"):
+  with pytest.raises(train.NonFiniteLossError, match=r"Stage-one loss is nan at step 5\. .*step 3\)"):
     train.train_and_evaluate(config, str(tmp_path))
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()
                  if p.name.isdigit())
@@ -103,6 +103,14 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
   restored = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / "3" / "default")
   assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(restored["params"]))
   assert not (tmp_path / "metrics.json").exists()
+
+
+def test_nonfinite_gradients_with_a_finite_loss_are_caught():
+  finite = {"loss": np.float32(1.0), "grad_norm": np.float32(2.0)}
+  pending = [(1, finite), (2, dict(finite, grad_norm=np.float32(np.inf))),
+             (3, dict(finite, loss=np.float32(np.nan)))]
+  assert train._first_nonfinite(pending) == (2, "grad_norm", np.inf)  # pylint: disable=protected-access
+  assert train._first_nonfinite(pending[:1]) is None  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize(
