@@ -19,7 +19,7 @@ setuptools.setup(
         "jax>=0.5",
         "ml-collections>=1.0",
         "numpy>=1.26",
-        "optax>=0.2.4",
+        "optax>=0.2.5",
         "orbax-checkpoint>=0.11",
         "pillow>=10.0",
         "scikit-learn>=1.3",

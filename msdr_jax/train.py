@@ -115,7 +115,7 @@ def make_train_step(
       metrics = jax.lax.pmean(metrics, axis_name)
     # Logged, and checked with the loss: a finite loss with non-finite
     # gradients would otherwise put NaN parameters into the next checkpoint.
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return state.apply_gradients(grads=grads), metrics
 
   return train_step
