@@ -163,6 +163,23 @@ def _first_nonfinite(
   return None
 
 
+def _raise_if_nonfinite(
+    pending: list[tuple[int, Metrics]],
+    manager: ocp.CheckpointManager,
+    workdir: str,
+) -> None:
+  bad = _first_nonfinite(pending)
+  if bad is None:
+    return
+  manager.wait_until_finished()  # The last good checkpoint is complete.
+  step, name, value = bad
+  raise NonFiniteLossError(
+      f"Stage-one {name} is {value} at step {step}. The last good checkpoint "
+      f"(step {manager.latest_step()}) in {workdir} is intact. Lower "
+      "--config.stage1.optimizer.learning_rate or check the data."
+  )
+
+
 def train_stage_one(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -196,30 +213,25 @@ def train_stage_one(
 
   progress = writers.Progress(num_steps, start_step, config.batch_size)
   pending: list[tuple[int, Metrics]] = []
-  for step in range(start_step + 1, num_steps + 1):
-    state, metrics = train_iteration(state)
-    pending.append((step, metrics))
-    save = step % config.checkpoint_every_steps == 0 or step == num_steps
-    if save or step % config.log_every_steps == 0:
-      # The only host synchronisation: every log interval and before saving,
-      # so a non-finite loss is caught before it can reach a checkpoint.
-      pending = jax.device_get(pending)
-      bad = _first_nonfinite(pending)
-      if bad is not None:
-        manager.wait_until_finished()
-        step, name, value = bad
-        raise NonFiniteLossError(
-            f"Stage-one {name} is {value} at step {step}. The last good "
-            f"checkpoint (step {manager.latest_step()}) in {workdir} is intact. "
-            "Lower --config.stage1.optimizer.learning_rate or check the data."
-        )
-      writer.write_scalars(step, writers.scalar_summary(pending, prefix="stage1"))
-      logging.info("%s", progress.report(step, pending[-1][1]))
-      pending = []
-    if save:
-      manager.save(step, args=ocp.args.StandardSave(state))
-  manager.wait_until_finished()
-  manager.close()
+  try:
+    for step in range(start_step + 1, num_steps + 1):
+      state, metrics = train_iteration(state)
+      pending.append((step, metrics))
+      save = step % config.checkpoint_every_steps == 0 or step == num_steps
+      if save or step % config.log_every_steps == 0:
+        # The only host synchronisation: every log interval and before saving,
+        # so a non-finite value is caught before it can reach a checkpoint.
+        pending = jax.device_get(pending)
+        _raise_if_nonfinite(pending, manager, workdir)
+        summary = writers.scalar_summary(pending)
+        writer.write_scalars(step, {f"stage1/{k}": v for k, v in summary.items()})
+        logging.info("%s", progress.report(step, summary))
+        pending = []
+      if save:
+        manager.save(step, args=ocp.args.StandardSave(state))
+    manager.wait_until_finished()
+  finally:
+    manager.close()
   return state
 
 

@@ -39,25 +39,21 @@ class MetricWriter:
 
 
 def scalar_summary(
-    step_metrics: Sequence[tuple[int, Mapping[str, Any]]], prefix: str
+    step_metrics: Sequence[tuple[int, Mapping[str, Any]]],
 ) -> dict[str, float]:
   """Averages per-step metrics over a logging window.
 
   Vector metrics (e.g. the KL of each latent) become one scalar per entry,
   `name/0`, `name/1`, ...
   """
-  stacked = {
-      name: np.stack([np.asarray(m[name]) for _, m in step_metrics])
-      for name in step_metrics[0][1]
-  }
   scalars = {}
-  for name, values in stacked.items():
-    mean = values.mean(0)
+  for name in step_metrics[0][1]:
+    mean = np.mean([np.asarray(m[name]) for _, m in step_metrics], axis=0)
     if mean.ndim == 0:
-      scalars[f"{prefix}/{name}"] = float(mean)
+      scalars[name] = float(mean)
     else:
       for i, value in enumerate(mean.reshape(-1)):
-        scalars[f"{prefix}/{name}/{i}"] = float(value)
+        scalars[f"{name}/{i}"] = float(value)
   return scalars
 
 
@@ -84,15 +80,16 @@ class Progress:
     self._last_step = start_step
     self._last_time = time.perf_counter()
 
-  def report(self, step: int, metrics: Mapping[str, Any]) -> str:
+  def report(self, step: int, summary: Mapping[str, float]) -> str:
+    """One log line from a `scalar_summary` (per-latent entries left out)."""
     now = time.perf_counter()
     rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
     self._last_step, self._last_time = step, now
     eta = (self._num_steps - step) / max(rate, 1e-9)
-    scalars = [name for name in metrics if np.ndim(metrics[name]) == 0]
+    scalars = [name for name in summary if "/" not in name]
     ordered = [n for n in _LEADING_TERMS if n in scalars]
     ordered += sorted(set(scalars) - set(ordered))
-    terms = " ".join(f"{name} {float(metrics[name]):.3f}" for name in ordered)
+    terms = " ".join(f"{name} {summary[name]:.3f}" for name in ordered)
     width = len(str(self._num_steps))
     return (
         f"step {step:>{width}}/{self._num_steps} | {terms} | "
