@@ -15,6 +15,7 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=[
         "absl-py>=2.1",
+        "etils[epath]>=1.5",
         "flax>=0.10",
         "jax>=0.5",
         "ml-collections>=1.0",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from typing import Any, Callable, Iterable, Mapping
 
@@ -69,12 +70,14 @@ def _check_number(
     requirement: str,
 ) -> None:
   value = _get(config, key)
-  valid_type = isinstance(value, (int, float)) and not isinstance(value, bool)
+  valid_type = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value))
   if kind is int:
     valid_type = valid_type and float(value).is_integer()
   if not valid_type:
     raise ConfigError(
-        f"config.{key}={value!r} must be {'an integer' if kind is int else 'a number'}."
+        f"config.{key}={value!r} must be "
+        f"{'an integer' if kind is int else 'a finite number'}."
     )
   if not condition(value):
     raise ConfigError(f"config.{key}={value!r} must be {requirement}.")
@@ -93,6 +96,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   non_negative = (lambda v: v >= 0, ">= 0")
   at_least_one = (lambda v: v >= 1, ">= 1")
 
+  name = _get(config, "name")
+  if not isinstance(name, str) or not name or os.sep in name:
+    raise ConfigError(
+        f"config.name={name!r} must be a non-empty name without '{os.sep}'; it "
+        "names the default work directory."
+    )
   _check_number(config, "seed", int, lambda v: v >= 0, ">= 0")
   _check_choice(config, "data.name", data.DATASETS)
   _check_choice(config, "stage1.model.architecture", architectures.ARCHITECTURES)
@@ -143,10 +152,13 @@ def _is_resumable(key: str) -> bool:
   return any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS)
 
 
+def _identity(flat_config: Mapping[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in sorted(flat_config.items()) if not _is_resumable(k)}
+
+
 def run_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The flattened config without the resumable keys."""
-  flat = _flatten(json.loads(config.to_json()))
-  return {k: v for k, v in sorted(flat.items()) if not _is_resumable(k)}
+  return _identity(_flatten(json.loads(config.to_json())))
 
 
 def fingerprint(config: ml_collections.ConfigDict) -> str:
@@ -161,24 +173,33 @@ def default_workdir(config: ml_collections.ConfigDict) -> str:
 
 
 def bind_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Records the config in `workdir`, or checks it matches the recorded one."""
+  """Records the config in `workdir`, or checks it matches the recorded one.
+
+  `config.json` keeps the config of the run's first start; resumptions may
+  differ from it in the resumable keys only.
+  """
   path = epath.Path(workdir) / CONFIG_FILENAME
-  if path.exists():
-    recorded = json.loads(path.read_text())
-    theirs = {k: v for k, v in _flatten(recorded).items() if not _is_resumable(k)}
-    ours = run_identity(config)
-    differing = sorted(k for k in theirs.keys() | ours.keys()
-                       if theirs.get(k, "<absent>") != ours.get(k, "<absent>"))
-    if differing:
-      key = differing[0]
-      raise RunDirectoryError(
-          f"{workdir} holds a run with a different config: {key} is "
-          f"{theirs.get(key, '<absent>')!r} there but {ours.get(key, '<absent>')!r} "
-          f"here ({len(differing)} key(s) differ). Use another --workdir, or "
-          "rerun with the recorded config to resume."
-      )
-  else:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (CONFIG_FILENAME + ".tmp")
-    tmp.write_text(config.to_json(indent=2, sort_keys=True))
-    tmp.replace(path)
+  try:
+    if path.exists():
+      theirs = _identity(_flatten(json.loads(path.read_text())))
+    else:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      tmp = path.parent / (CONFIG_FILENAME + ".tmp")
+      tmp.write_text(config.to_json(indent=2, sort_keys=True))
+      tmp.replace(path)
+      return
+  except (OSError, ValueError) as e:  # Unwritable directory, corrupt JSON.
+    raise RunDirectoryError(
+        f"Cannot use {path} ({type(e).__name__}: {e}). Use another --workdir."
+    ) from e
+  ours = run_identity(config)
+  differing = sorted(k for k in theirs.keys() | ours.keys()
+                     if theirs.get(k, "<absent>") != ours.get(k, "<absent>"))
+  if differing:
+    key = differing[0]
+    raise RunDirectoryError(
+        f"{workdir} holds a run with a different config: {key} is "
+        f"{theirs.get(key, '<absent>')!r} there but {ours.get(key, '<absent>')!r} "
+        f"here ({len(differing)} key(s) differ). Use another --workdir, or "
+        "rerun with the recorded config to resume."
+    )

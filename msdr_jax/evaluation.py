@@ -26,7 +26,6 @@ from msdr_jax import writers
 from msdr_jax.data import ground_truth
 from msdr_jax.models import vae
 
-_EVAL_STREAM = 1  # fold_in tag separating evaluation randomness from training.
 _NUM_SHOWN = 16
 
 
@@ -84,13 +83,24 @@ def evaluate_stage_one(
     workdir: str,
     dataset: ground_truth.GroundTruthData,
     params: Any,
+    step: int,
+    rng: jax.Array,
     writer: writers.MetricWriter,
 ) -> dict[str, Any]:
-  """Computes the stage-one metrics and figures; returns the metrics dict."""
+  """Computes the stage-one metrics and figures; returns the metrics dict.
+
+  Args:
+    config: the run's config (`stage1` and `eval` are used).
+    workdir: where the figures and `metrics.json` go.
+    dataset: the ground-truth data set to draw evaluation batches from.
+    params: stage-one VAE parameters.
+    step: training step of `params`, recorded with the results.
+    rng: evaluation key, independent of the training stream.
+    writer: TensorBoard writer.
+  """
   eval_config = config.eval
   model = vae.model_from_config(config.stage1.model, dataset.observation_shape)
   eval_batch = _make_eval_batch(model, dataset, config.stage1, eval_config.batch_size)
-  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), _EVAL_STREAM)
   num_batches = eval_config.num_points // eval_config.batch_size
   batches = [
       jax.device_get(eval_batch(params, jax.random.fold_in(rng, i)))
@@ -103,7 +113,7 @@ def evaluate_stage_one(
   active = mean_variance > eval_config.active_variance_threshold
 
   results: dict[str, Any] = {
-      "step": int(config.stage1.num_steps),
+      "step": step,
       "num_points": int(eval_config.num_points),
       "reconstruction_bce": float(cat("bce").mean()),
       "reconstruction_mse": float(cat("mse").mean()),

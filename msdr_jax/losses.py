@@ -12,6 +12,7 @@ N is the size of the data set the minibatch is drawn from.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from typing import Callable, NamedTuple
 
@@ -26,6 +27,11 @@ _LOG_2PI = math.log(2.0 * math.pi)
 # Likelihoods: -log p(x | decoder_output), summed over pixels, one per image.
 
 
+def decoder_mean(logits: jax.Array) -> jax.Array:
+  """Mean image of either likelihood: both parameterise it as sigmoid(logits)."""
+  return jax.nn.sigmoid(logits)
+
+
 def bernoulli_nll(logits: jax.Array, images: jax.Array) -> jax.Array:
   """-log Bernoulli(x | sigmoid(logits)); x may be any value in [0, 1]."""
   per_pixel = optax.sigmoid_binary_cross_entropy(logits, images)
@@ -35,8 +41,12 @@ def bernoulli_nll(logits: jax.Array, images: jax.Array) -> jax.Array:
 def gaussian_nll(
     logits: jax.Array, images: jax.Array, scale: float = 1.0
 ) -> jax.Array:
-  """-log N(x | sigmoid(logits), scale^2 I), constants included."""
-  mean = jax.nn.sigmoid(logits)
+  """-log N(x | sigmoid(logits), scale^2 I), constants included.
+
+  With scale 1 the data term is half of disentanglement_lib's `l2` loss
+  sum (x - sigmoid(logits))^2, so a given beta weighs the KL twice as much.
+  """
+  mean = decoder_mean(logits)
   per_pixel = 0.5 * ((images - mean) / scale) ** 2 + math.log(scale) + 0.5 * _LOG_2PI
   return per_pixel.reshape(per_pixel.shape[0], -1).sum(-1)
 
@@ -45,11 +55,6 @@ LIKELIHOODS: dict[str, Callable[..., jax.Array]] = {
     "bernoulli": bernoulli_nll,
     "gaussian": gaussian_nll,
 }
-
-
-def decoder_mean(logits: jax.Array) -> jax.Array:
-  """Mean image of either likelihood: both parameterise it as sigmoid(logits)."""
-  return jax.nn.sigmoid(logits)
 
 
 # ----------------------------------------------------------------------------
@@ -244,17 +249,18 @@ OBJECTIVES = {
     "beta_tcvae": beta_tcvae_objective,
 }
 
-# The config keys (of `config.stage1.objective`) each objective takes.
-_OBJECTIVE_HYPERPARAMETERS = {
-    "beta_vae": ("beta", "tc_estimator"),
-    "beta_tcvae": ("beta", "alpha", "gamma", "tc_estimator"),
-}
-
-
 def objective_from_config(
     objective_config, dataset_size: int
 ) -> Callable[..., ObjectiveTerms]:
-  """Binds an objective's hyperparameters: f(recon_nll, latents, mean, log_var)."""
-  name = objective_config.name
-  kwargs = {k: objective_config[k] for k in _OBJECTIVE_HYPERPARAMETERS[name]}
-  return functools.partial(OBJECTIVES[name], dataset_size=dataset_size, **kwargs)
+  """Binds an objective's hyperparameters: f(recon_nll, latents, mean, log_var).
+
+  The hyperparameters are the objective's keyword-only arguments, read from
+  `config.stage1.objective` under the same names.
+  """
+  objective = OBJECTIVES[objective_config.name]
+  kwargs = {
+      name: objective_config[name]
+      for name, parameter in inspect.signature(objective).parameters.items()
+      if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name != "dataset_size"
+  }
+  return functools.partial(objective, dataset_size=dataset_size, **kwargs)

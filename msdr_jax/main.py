@@ -71,11 +71,12 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_HideLibraryInfo())
   config = FLAGS.config
-  workdir = FLAGS.workdir or configuration.default_workdir(config)
-  logging.info("JAX devices: %s", jax.devices())
-  logging.info("Work directory: %s", workdir)
-  print(f"msdr_jax: work directory {workdir}", flush=True)
   try:
+    configuration.validate(config)  # Before the config names a directory.
+    workdir = FLAGS.workdir or configuration.default_workdir(config)
+    logging.info("JAX devices: %s", jax.devices())
+    logging.info("Work directory: %s", workdir)
+    print(f"msdr_jax: work directory {workdir}", flush=True)
     train.train_and_evaluate(config, workdir)
   except _USER_ERRORS as e:
     print(f"msdr_jax: error: {e}", file=sys.stderr, flush=True)

@@ -3,12 +3,15 @@
 The pieces are usable on their own from any JAX code:
 
   state = train.create_train_state(config.stage1, image_shape, rng)
-  train_step = jax.jit(train.make_train_step(config.stage1, dataset_size))
+  train_step = jax.jit(
+      train.make_train_step(config.stage1, image_shape, dataset_size))
   state, metrics = train_step(state, images, step_rng)
 
 `train_step(state, batch, rng) -> (state, metrics)` is a pure function of
 pytrees; with `axis_name` set it averages gradients over that axis, so the
-same function runs under `jax.pmap` or `shard_map`.
+same function runs under `jax.pmap` or `shard_map`. (The total-correlation
+estimators then see each device's share of the batch, as with any per-device
+minibatch statistic.)
 
 `train_and_evaluate(config, workdir)` owns the loop: data are generated on the
 device inside the same compiled step, per-step randomness is
@@ -53,6 +56,17 @@ class TrainState(train_state.TrainState):
 
 class NonFiniteLossError(RuntimeError):
   """The loss became NaN or infinite."""
+
+
+def rng_streams(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The independent (init, train, eval) keys of a run.
+
+  One derivation for every stream: mixing `split` and `fold_in` of the same
+  key can give identical keys (with threefry_partitionable, `fold_in(k, 1)`
+  is `split(k)[1]`).
+  """
+  init_rng, train_rng, eval_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
+  return init_rng, train_rng, eval_rng
 
 
 def create_train_state(
@@ -175,8 +189,9 @@ def _raise_if_nonfinite(
   step, name, value = bad
   raise NonFiniteLossError(
       f"Stage-one {name} is {value} at step {step}. The last good checkpoint "
-      f"(step {manager.latest_step()}) in {workdir} is intact. Lower "
-      "--config.stage1.optimizer.learning_rate or check the data."
+      f"(step {manager.latest_step()}) in {workdir} is intact, but resuming "
+      "replays the same steps; start a new run with a lower "
+      "--config.stage1.optimizer.learning_rate, or check the data."
   )
 
 
@@ -189,7 +204,7 @@ def train_stage_one(
   """Trains (or resumes) stage one up to `config.stage1.num_steps`."""
   stage_config = config.stage1
   image_shape = dataset.observation_shape
-  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  init_rng, train_rng, _ = rng_streams(config.seed)
   state = create_train_state(stage_config, image_shape, init_rng)
   manager = _checkpoint_manager(workdir, config)
   state = restore_or_create_state(manager, state)
@@ -199,6 +214,12 @@ def train_stage_one(
     logging.info("Resumed stage one from the checkpoint at step %d.", start_step)
   if start_step >= num_steps:
     manager.close()
+    if start_step > num_steps:
+      raise configuration.RunDirectoryError(
+          f"{workdir} holds stage one trained to step {start_step}, beyond "
+          f"config.stage1.num_steps={num_steps}. Use "
+          f"--config.stage1.num_steps={start_step} (or more), or another --workdir."
+      )
     return state
 
   train_step = make_train_step(stage_config, image_shape, dataset.num_images)
@@ -247,4 +268,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start = time.time()
     state = train_stage_one(config, workdir, dataset, writer)
     logging.info("Stage one trained in %.1f s; evaluating.", time.time() - start)
-    return evaluation.evaluate_stage_one(config, workdir, dataset, state.params, writer)
+    _, _, eval_rng = rng_streams(config.seed)
+    return evaluation.evaluate_stage_one(
+        config, workdir, dataset, state.params, int(state.step), eval_rng, writer)

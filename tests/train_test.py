@@ -126,6 +126,8 @@ def test_nonfinite_gradients_with_a_finite_loss_are_caught():
         ("batch_size", 1, "config.batch_size=1 must be >= 2"),
         ("stage1.optimizer.learning_rate", 0.0, "learning_rate=0.0 must be > 0"),
         ("eval.num_points", 250, "multiple of config.eval.batch_size"),
+        ("stage1.objective.beta", float("inf"), "beta=inf must be a finite number"),
+        ("name", "", "config.name='' must be a non-empty name"),
     ],
 )
 def test_bad_config_values_name_the_key(key, value, message, tmp_path):
@@ -169,3 +171,33 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
                      r"stored shape: \(.*\)\)\. Use another --workdir\.$"):
     train.restore_or_create_state(manager, state)
   manager.close()
+
+
+def test_rng_streams_are_independent_and_keep_training_trajectories():
+  init_rng, train_rng, eval_rng = train.rng_streams(0)
+  keys = [tuple(np.asarray(k)) for k in (init_rng, train_rng, eval_rng)]
+  assert len(set(keys)) == 3
+  # Evaluation must not redraw the batches of training.
+  dataset = data.get_dataset(_tiny_config().data)
+  _, train_factors = dataset.sample(jax.random.fold_in(train_rng, 0), 64)
+  _, eval_factors = dataset.sample(jax.random.fold_in(eval_rng, 0), 64)
+  assert not np.array_equal(train_factors, eval_factors)
+
+
+def test_resuming_with_fewer_steps_than_trained_is_refused(tmp_path):
+  config = _tiny_config()
+  state = train.create_train_state(config.stage1, (64, 64, 1), jax.random.PRNGKey(0))
+  with ocp.CheckpointManager(tmp_path.absolute() / "checkpoints") as manager:
+    manager.save(6, args=ocp.args.StandardSave(state.replace(step=6)))
+  config.stage1.num_steps = 3
+  with pytest.raises(configuration.RunDirectoryError,
+                     match=r"trained to step 6, beyond config.stage1.num_steps=3\. "
+                     r"Use --config.stage1.num_steps=6"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / "metrics.json").exists()
+
+
+def test_corrupt_run_config_is_a_run_directory_error(tmp_path):
+  (tmp_path / "config.json").write_text("{not json")
+  with pytest.raises(configuration.RunDirectoryError, match=r"Cannot use .*config.json"):
+    configuration.bind_workdir(_tiny_config(), str(tmp_path))
