@@ -8,9 +8,9 @@ Run (the default preset is the paper-scale run of 300k steps):
       --config.stage1.objective.beta=4 --workdir=runs/beta4
 
 Presets (`preset=...`) and their time on a 2-core CPU (see the README):
-  paper -- the default: disentanglement_lib defaults, 300k steps (about 11
+  paper -- the default: disentanglement_lib defaults, 300k steps (about 8.5
            hours on a 2-core CPU; meant for a GPU/TPU).
-  long  -- 25k steps, higher learning rate and beta, under an hour on CPU.
+  long  -- 25k steps, higher learning rate and beta, 45 minutes on CPU.
   quick -- 5k steps, higher learning rate and beta, ten minutes on CPU.
   tiny  -- a handful of steps and a small evaluation, for tests and smoke runs.
 """
