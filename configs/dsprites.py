@@ -73,6 +73,34 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.stage1.optimizer.eps = 1e-8
 
   config.stage1.num_steps = 300_000
+  # A stage-one work directory (or its checkpoints/ directory) to load instead
+  # of training stage one; empty: train stage one in this run.
+  config.stage1.checkpoint = ""
+
+  config.stage2 = ml_collections.ConfigDict()
+  config.stage2.family = "vae"  # vae | flow | gan | gmm | none (stage one only).
+  # What stage two sees of stage one: y = dec(z) and z ("image_and_code"),
+  # only y ("image"), or only z ("code").
+  config.stage2.conditioning = "image_and_code"
+  config.stage2.num_steps = 100_000
+  config.stage2.optimizer = config.stage1.optimizer.copy_and_resolve_references()
+  config.stage2.vae = ml_collections.ConfigDict()
+  config.stage2.vae.latent_dim = 10
+  config.stage2.vae.beta = 1.0
+  config.stage2.flow = ml_collections.ConfigDict()
+  config.stage2.flow.num_levels = 2  # dSprites pixels are binary.
+  config.stage2.flow.num_couplings = 8
+  config.stage2.flow.hidden_features = 32
+  config.stage2.flow.logit_alpha = 0.05
+  config.stage2.flow.sample_temperature = 1.0
+  config.stage2.gan = ml_collections.ConfigDict()
+  config.stage2.gan.latent_dim = 10
+  config.stage2.gan.kl_weight = 1.0
+  config.stage2.gan.adversarial_weight = 1.0
+  config.stage2.gmm = ml_collections.ConfigDict()
+  config.stage2.gmm.num_components = 10
+  config.stage2.gmm.min_scale = 0.05
+
   config.batch_size = 64
 
   config.log_every_steps = 500
@@ -95,10 +123,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.stage1.optimizer.learning_rate = 5e-4
     config.stage1.objective.beta = 10.0
     config.stage1.num_steps = 25_000 if preset == "long" else 5_000
+    config.stage2.optimizer.learning_rate = 5e-4
+    config.stage2.num_steps = 5_000 if preset == "long" else 3_000
     config.log_every_steps = 500 if preset == "long" else 100
     config.checkpoint_every_steps = 2_000 if preset == "long" else 1_000
   elif preset == "tiny":
     config.stage1.num_steps = 6
+    config.stage2.num_steps = 6
     config.batch_size = 8
     config.log_every_steps = 2
     config.checkpoint_every_steps = 3

@@ -34,6 +34,7 @@ class RunDirectoryError(ValueError):
 RESUMABLE_KEYS = (
     "name",
     "stage1.num_steps",
+    "stage2.num_steps",
     "log_every_steps",
     "checkpoint_every_steps",
     "max_checkpoints_to_keep",
@@ -88,6 +89,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   # Imported here: the registries import JAX, which this module avoids so that
   # configs can be checked cheaply.
   from msdr_jax import data  # pylint: disable=g-import-not-at-top
+  from msdr_jax import families  # pylint: disable=g-import-not-at-top
   from msdr_jax import losses  # pylint: disable=g-import-not-at-top
   from msdr_jax import train  # pylint: disable=g-import-not-at-top
   from msdr_jax.models import architectures  # pylint: disable=g-import-not-at-top
@@ -119,6 +121,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
   _check_number(config, "stage1.optimizer.eps", float, *positive)
   _check_number(config, "stage1.num_steps", int, *at_least_one)
+  checkpoint = _get(config, "stage1.checkpoint")
+  if not isinstance(checkpoint, str):
+    raise ConfigError(
+        f"config.stage1.checkpoint={checkpoint!r} must be a path (or empty).")
+  _validate_stage_two(config, families, train)
   # The total-correlation estimators compare each sample with the others.
   _check_number(config, "batch_size", int, lambda v: v >= 2, ">= 2")
   for key in ("log_every_steps", "checkpoint_every_steps", "max_checkpoints_to_keep"):
@@ -135,6 +142,50 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_number(config, "eval.traversal_steps", int, lambda v: v >= 2, ">= 2")
   _check_number(config, "eval.traversal_range", float, *positive)
   _check_number(config, "eval.active_variance_threshold", float, *non_negative)
+
+
+def _validate_stage_two(config, families, train) -> None:
+  at_least_one = (lambda v: v >= 1, ">= 1")
+  _check_choice(config, "stage2.family", [*families.FAMILIES, families.NO_STAGE_TWO])
+  family = config.stage2.family
+  if family == families.NO_STAGE_TWO:
+    if config.stage1.checkpoint:
+      raise ConfigError(
+          "config.stage1.checkpoint is set but config.stage2.family='none': "
+          "there is nothing to train. Choose a family, e.g. "
+          "--config.stage2.family=vae.")
+    return
+  conditioning = _get(config, "stage2.conditioning")
+  if conditioning not in families.base.CONDITIONINGS:
+    raise ConfigError(
+        f"config.stage2.conditioning={conditioning!r} is unknown; choose one of "
+        f"{list(families.base.CONDITIONINGS)}. Stage two must see z (through "
+        "y = dec(z), z itself, or both): without a conditioning path it would "
+        "model images while ignoring the disentangled factors."
+    )
+  _check_number(config, "stage2.num_steps", int, *at_least_one)
+  _check_choice(config, "stage2.optimizer.name", train.OPTIMIZERS)
+  _check_number(config, "stage2.optimizer.learning_rate", float, lambda v: v > 0, "> 0")
+  for key in ("b1", "b2"):
+    _check_number(
+        config, f"stage2.optimizer.{key}", float, lambda v: 0 <= v < 1, "in [0, 1)"
+    )
+  _check_number(config, "stage2.optimizer.eps", float, lambda v: v > 0, "> 0")
+  non_negative = (lambda v: v >= 0, ">= 0")
+  checks = {
+      "vae": [("latent_dim", int, at_least_one), ("beta", float, non_negative)],
+      "gan": [("latent_dim", int, at_least_one), ("kl_weight", float, non_negative),
+              ("adversarial_weight", float, non_negative)],
+      "gmm": [("num_components", int, (lambda v: v >= 2, ">= 2")),
+              ("min_scale", float, (lambda v: v > 0, "> 0"))],
+      "flow": [("num_levels", int, (lambda v: v >= 2, ">= 2")),
+               ("num_couplings", int, at_least_one),
+               ("hidden_features", int, at_least_one),
+               ("logit_alpha", float, (lambda v: 0 < v < 0.5, "in (0, 0.5)")),
+               ("sample_temperature", float, (lambda v: v > 0, "> 0"))],
+  }
+  for key, kind, (condition, requirement) in checks[family]:
+    _check_number(config, f"stage2.{family}.{key}", kind, condition, requirement)
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,10 +1,17 @@
-"""Evaluation of a trained stage one: statistics, MIG and figures.
+"""Evaluation of stage one and of the multi-stage model: metrics and figures.
 
 Writes into the work directory:
-  reconstructions.png -- rows of inputs alternating with reconstructions.
+  reconstructions.png -- rows of inputs alternating with stage-one
+                         reconstructions.
   traversals.png      -- one row per latent: the latent swept over
                          [-range, range] with the others at an image's code.
-  metrics.json        -- reconstruction error, KL, TC, active latents, MIG.
+  metrics.json        -- reconstruction error, KL, TC, active latents, MIG;
+                         with a stage two, also the `multi_stage/...` keys.
+With a stage two:
+  side_by_side.png          -- input | stage-one | multi-stage reconstruction.
+  traversals_multi_stage.png -- the combined model's traversals, w held fixed.
+  samples.png               -- z ~ N(0, I): stage one's y, then the combined
+                               model with three draws of w each.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import numpy as np
 
 from msdr_jax import losses
 from msdr_jax import metrics
+from msdr_jax import multi_stage
 from msdr_jax import visualize
 from msdr_jax import writers
 from msdr_jax.data import ground_truth
@@ -156,3 +164,175 @@ def evaluate_stage_one(
       results["kl"], results["tc"], results["active_latents"], results["mig"],
   )
   return results
+
+
+def _make_multi_stage_eval_batch(model: multi_stage.MultiStageModel, dataset, batch_size):
+  """Jitted multi-stage statistics of one freshly sampled batch."""
+
+  @jax.jit
+  def eval_batch(params, rng):
+    data_rng, loss_rng, latent_rng = jax.random.split(rng, 3)
+    images, factors = dataset.sample(data_rng, batch_size)
+    stage1_codes, _ = model.stage1.apply(
+        {"params": params["stage1"]}, images, method=vae.VAE.encode)
+    codes, latents = model.encode(params, images)
+    cond = multi_stage.condition(model.stage1, params["stage1"], images)
+    reconstructions = model.stage2.decode(params["stage2"], cond, latents)
+    _, family_metrics = model.stage2.loss(params["stage2"], cond, images, loss_rng)
+    # Conditioning fidelity: generate from the same z with w ~ p(w) and ask
+    # stage one which z it sees; stage one's own y is the reference.
+    generated = model.stage2.decode(
+        params["stage2"], cond,
+        model.stage2.sample_latents(params["stage2"], cond, latent_rng))
+    encode = lambda x: model.stage1.apply(
+        {"params": params["stage1"]}, x, method=vae.VAE.encode)[0]
+    per_image = lambda x: x.reshape(batch_size, -1).sum(-1)
+    return {
+        "images": images[:_NUM_SHOWN],
+        "stage1_reconstructions": cond.image[:_NUM_SHOWN],
+        "reconstructions": reconstructions[:_NUM_SHOWN],
+        "factors": factors,
+        "stage1_codes": stage1_codes,
+        "codes": codes,
+        "stage1_mse": per_image((cond.image - images) ** 2),
+        "mse": per_image((reconstructions - images) ** 2),
+        "family": family_metrics,
+        "recovered_codes": encode(generated),
+        "stage1_recovered_codes": encode(cond.image),
+    }
+
+  return eval_batch
+
+
+def r_squared(targets: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+  """Per-column coefficient of determination 1 - SS_res / SS_tot."""
+  residual = ((predictions - targets) ** 2).sum(0)
+  total = ((targets - targets.mean(0)) ** 2).sum(0)
+  return 1.0 - residual / np.maximum(total, np.finfo(np.float64).tiny)
+
+
+def _side_by_side_grid(inputs, stage1, multi, num_columns: int = 8) -> np.ndarray:
+  rows, labels = [], []
+  for start in range(0, len(inputs), num_columns):
+    for name, images in (("input", inputs), ("stage 1", stage1), ("multi", multi)):
+      rows.append(images[start : start + num_columns])
+      labels.append(name)
+  grid = visualize.image_grid(np.concatenate(rows), num_columns)
+  return visualize.label_rows(grid, labels, inputs.shape[1] + 2)
+
+
+def evaluate_multi_stage(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    dataset: ground_truth.GroundTruthData,
+    params: Any,
+    step: int,
+    rng: jax.Array,
+    writer: writers.MetricWriter,
+    stage1_results: dict[str, Any],
+) -> dict[str, Any]:
+  """Adds the multi-stage metrics and figures to `stage1_results`.
+
+  Args:
+    config: the run's config.
+    workdir: where the figures and `metrics.json` go.
+    dataset: the ground-truth data set to draw evaluation batches from.
+    params: `{"stage1": ..., "stage2": ...}`.
+    step: stage two's training step.
+    rng: evaluation key, independent of the training streams.
+    writer: TensorBoard writer.
+    stage1_results: what `evaluate_stage_one` returned.
+
+  Returns:
+    All metrics, also written to `workdir/metrics.json`.
+  """
+  eval_config = config.eval
+  model = multi_stage.MultiStageModel.from_config(config, dataset.observation_shape)
+  eval_batch = _make_multi_stage_eval_batch(model, dataset, eval_config.batch_size)
+  num_batches = eval_config.num_points // eval_config.batch_size
+  batches = [
+      jax.device_get(eval_batch(params, jax.random.fold_in(rng, i)))
+      for i in range(num_batches)
+  ]
+  cat = lambda name: np.concatenate([b[name] for b in batches])
+  codes, stage1_codes, factors = cat("codes"), cat("stage1_codes"), cat("factors")
+  # The combined model's representation *is* stage one's: z is computed by
+  # the frozen encoder alone, so every disentanglement metric is unchanged.
+  if not np.array_equal(codes, stage1_codes):
+    raise AssertionError("The multi-stage code differs from stage one's encoder mean.")
+  mig = metrics.mutual_information_gap(codes, factors, eval_config.mig_bins)
+  stage1_mig = metrics.mutual_information_gap(stage1_codes, factors, eval_config.mig_bins)
+  assert mig == stage1_mig, (mig, stage1_mig)
+
+  active = np.asarray(stage1_results["latent_mean_variance"]) > (
+      eval_config.active_variance_threshold)
+  fidelity = r_squared(codes, cat("recovered_codes"))
+  stage1_fidelity = r_squared(codes, cat("stage1_recovered_codes"))
+  # None (null in the JSON), not NaN, when no latent is active.
+  mean_over_active = lambda x: float(x[active].mean()) if active.any() else None
+  mse, stage1_mse = float(cat("mse").mean()), float(cat("stage1_mse").mean())
+  family_metrics = {
+      name: float(np.mean([b["family"][name] for b in batches]))
+      for name in batches[0]["family"]
+  }
+  results = dict(stage1_results)
+  results.update({
+      "stage2_family": config.stage2.family,
+      "stage2_step": step,
+      "multi_stage/reconstruction_mse": mse,
+      "multi_stage/stage1_reconstruction_mse": stage1_mse,
+      # None when the reconstruction is exact (MS-Flow is a bijection).
+      "multi_stage/mse_ratio": stage1_mse / mse if mse > 0 else None,
+      "multi_stage/mig": mig["mig"],
+      "multi_stage/conditioning_fidelity_r2": mean_over_active(fidelity),
+      "multi_stage/conditioning_fidelity_r2_per_latent": fidelity.tolist(),
+      "multi_stage/stage1_fidelity_r2": mean_over_active(stage1_fidelity),
+      **{f"stage2/{name}": value for name, value in family_metrics.items()},
+  })
+
+  workdir_path = epath.Path(workdir)
+  first = batches[0]
+  side_by_side = _side_by_side_grid(
+      first["images"], first["stage1_reconstructions"], first["reconstructions"])
+  values = jnp.linspace(
+      -eval_config.traversal_range, eval_config.traversal_range,
+      eval_config.traversal_steps,
+  )
+  decoded = np.asarray(model.traverse(params, jnp.asarray(first["images"][0]), values))
+  labels = [f"z{j}{'' if on else ' (off)'}" for j, on in enumerate(active)]
+  traversal_grid = visualize.traversal_grid(decoded, labels)
+  # Key `num_batches` is the first one the batches above did not use.
+  sample_grid = _sample_grid(
+      model, params, jax.random.fold_in(rng, num_batches), eval_config.traversal_steps)
+  for name, grid in (("side_by_side", side_by_side),
+                     ("traversals_multi_stage", traversal_grid),
+                     ("samples", sample_grid)):
+    visualize.save_png(workdir_path / f"{name}.png", grid)
+    writer.write_image(step, f"stage2/{name}", grid)
+  writer.write_scalars(step, {
+      f"eval/{k}": v for k, v in results.items()
+      if isinstance(v, float) and k.startswith(("multi_stage/", "stage2/"))
+  })
+  write_json(workdir_path / "metrics.json", results)
+  logging.info(
+      "Multi-stage evaluation: MSE %.3f (stage one %.2f)  MIG %.3f  "
+      "fidelity R2 %s (stage one's own %s) on %d active latents",
+      mse, stage1_mse, mig["mig"],
+      results["multi_stage/conditioning_fidelity_r2"],
+      results["multi_stage/stage1_fidelity_r2"], int(active.sum()),
+  )
+  return results
+
+
+def _sample_grid(model, params, rng, num_columns: int) -> np.ndarray:
+  """Rows: stage one's y of z ~ N(0, I), then three draws of w for each z."""
+  code_rng, *latent_rngs = jax.random.split(rng, 4)
+  codes = jax.random.normal(code_rng, (num_columns, model.stage1.latent_dim))
+  cond = multi_stage.condition_on_codes(model.stage1, params["stage1"], codes)
+  rows = [np.asarray(cond.image)]
+  for latent_rng in latent_rngs:
+    latents = model.sample_latents(params, codes, latent_rng)
+    rows.append(np.asarray(model.decode(params, codes, latents)))
+  grid = visualize.image_grid(np.concatenate(rows), num_columns)
+  return visualize.label_rows(
+      grid, ["stage 1", "w #1", "w #2", "w #3"], rows[0].shape[1] + 2)

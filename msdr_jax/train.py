@@ -39,7 +39,9 @@ import orbax.checkpoint as ocp
 from msdr_jax import configuration
 from msdr_jax import data
 from msdr_jax import evaluation
+from msdr_jax import families
 from msdr_jax import losses
+from msdr_jax import multi_stage
 from msdr_jax import writers
 from msdr_jax.models import vae
 
@@ -58,14 +60,17 @@ class NonFiniteLossError(RuntimeError):
   """The loss became NaN or infinite."""
 
 
-def rng_streams(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """The independent (init, train, eval) keys of a run.
+def rng_streams(seed: int, stage: int = 1) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The independent (init, train, eval) keys of a stage of a run.
 
   One derivation for every stream: mixing `split` and `fold_in` of the same
   key can give identical keys (with threefry_partitionable, `fold_in(k, 1)`
-  is `split(k)[1]`).
+  is `split(k)[1]`). The first three keys of `split(k, 6)` are those of
+  `split(k, 3)`, so stage one's streams do not depend on stage two's
+  existence.
   """
-  init_rng, train_rng, eval_rng = jax.random.split(jax.random.PRNGKey(seed), 3)
+  keys = jax.random.split(jax.random.PRNGKey(seed), 6)
+  init_rng, train_rng, eval_rng = keys[3 * (stage - 1) : 3 * stage]
   return init_rng, train_rng, eval_rng
 
 
@@ -135,12 +140,66 @@ def make_train_step(
   return train_step
 
 
-def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+def create_stage_two_state(
+    config: ml_collections.ConfigDict,
+    image_shape: tuple[int, int, int],
+    stage1_params: Any,
+    rng: jax.Array,
+) -> TrainState:
+  """Initialises the stage-two family's parameters and optimizer state.
+
+  `stage1_params` only shapes the conditioning the family is built for.
+  """
+  model = multi_stage.MultiStageModel.from_config(config, image_shape)
+  images = jnp.zeros((1, *image_shape), jnp.float32)
+  cond = multi_stage.condition(model.stage1, stage1_params, images)
+  params = model.stage2.init(rng, cond, images)
+  return TrainState.create(
+      apply_fn=None,
+      params=params,
+      tx=OPTIMIZERS[config.stage2.optimizer.name](config.stage2.optimizer),
+  )
+
+
+def make_stage_two_train_step(
+    config: ml_collections.ConfigDict,
+    image_shape: tuple[int, int, int],
+    axis_name: str | None = None,
+) -> Callable[[TrainState, Any, jax.Array, jax.Array], tuple[TrainState, Metrics]]:
+  """Returns the pure `train_step(state, stage1_params, batch, rng)`.
+
+  The frozen stage-one parameters are an ordinary input: the gradient is
+  taken with respect to `state.params` only, and the loss stops stage one's
+  gradient as well, so nothing can flow into it. Passing another stage-one
+  checkpoint reuses the compiled step.
+  """
+  loss_fn = multi_stage.make_loss_fn(config, image_shape)
+
+  def train_step(state: TrainState, stage1_params, batch: jax.Array, rng: jax.Array):
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(
+        state.params, stage1_params, batch, rng)
+    if axis_name is not None:
+      grads = jax.lax.pmean(grads, axis_name)
+      metrics = jax.lax.pmean(metrics, axis_name)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    return state.apply_gradients(grads=grads), metrics
+
+  return train_step
+
+
+_STAGE_NAMES = {"stage1": "stage one", "stage2": "stage two"}
+STAGE_ONE_CHECKPOINTS = "checkpoints"
+STAGE_TWO_CHECKPOINTS = "checkpoints_stage2"
+
+
+def _checkpoint_manager(
+    workdir: str, config, subdirectory: str = STAGE_ONE_CHECKPOINTS
+) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.max_checkpoints_to_keep, create=True
   )
   return ocp.CheckpointManager(
-      epath.Path(workdir).absolute() / "checkpoints", options=options
+      epath.Path(workdir).absolute() / subdirectory, options=options
   )
 
 
@@ -165,6 +224,66 @@ def restore_or_create_state(
     ) from e
 
 
+def _shape_mismatch(expected: Any, stored: Any) -> str | None:
+  """'path: shape A there, B here' for the first differing parameter."""
+  ours = {jax.tree_util.keystr(k): tuple(v.shape)
+          for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+  theirs = {jax.tree_util.keystr(k): tuple(v.shape)
+            for k, v in jax.tree_util.tree_leaves_with_path(stored)}
+  for path in sorted(ours.keys() | theirs.keys()):
+    if ours.get(path) != theirs.get(path):
+      there = theirs.get(path, "absent")
+      here = ours.get(path, "absent")
+      return f"params{path} has shape {there} there but {here} here"
+  return None
+
+
+def load_stage_one(
+    config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]
+) -> tuple[Any, int]:
+  """(params, step) of the stage-one checkpoint `config.stage1.checkpoint`.
+
+  The path is a stage-one work directory or its `checkpoints/` directory;
+  the latest checkpoint is used. A checkpoint of another model is refused
+  with the first parameter whose shape differs, both shapes named.
+  """
+  path = epath.Path(config.stage1.checkpoint).absolute()
+  if (path / STAGE_ONE_CHECKPOINTS).is_dir():
+    path = path / STAGE_ONE_CHECKPOINTS
+  fix = ("Pass a stage-one work directory (or its checkpoints/ directory) as "
+         "--config.stage1.checkpoint, or leave it empty to train stage one.")
+  if not path.is_dir():
+    raise configuration.RunDirectoryError(
+        f"Stage-one checkpoint {config.stage1.checkpoint} does not exist. {fix}")
+  manager = ocp.CheckpointManager(
+      path, options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+  try:
+    step = manager.latest_step()
+    if step is None:
+      raise configuration.RunDirectoryError(
+          f"{path} holds no stage-one checkpoint. {fix}")
+    state = jax.eval_shape(
+        functools.partial(create_train_state, config.stage1, image_shape),
+        jax.random.PRNGKey(0))
+    metadata = manager.item_metadata(step)
+    stored_params = metadata["params"] if "params" in metadata else None
+    mismatch = (_shape_mismatch(state.params, stored_params)
+                if stored_params is not None else "it has no parameters")
+    if mismatch:
+      model = config.stage1.model
+      raise configuration.RunDirectoryError(
+          f"Stage-one checkpoint {path} (step {step}) is not a model of this "
+          f"config (architecture {model.architecture}, latent_dim "
+          f"{model.latent_dim}, images {'x'.join(map(str, image_shape))}): "
+          f"{mismatch}. Set --config.stage1.model.* and --config.data.* to the "
+          "values the checkpoint was trained with.")
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  finally:
+    manager.close()
+  return restored.params, step
+
+
 def _first_nonfinite(
     pending: list[tuple[int, Metrics]],
 ) -> tuple[int, str, float] | None:
@@ -181,6 +300,7 @@ def _raise_if_nonfinite(
     pending: list[tuple[int, Metrics]],
     manager: ocp.CheckpointManager,
     workdir: str,
+    stage: str,
 ) -> None:
   bad = _first_nonfinite(pending)
   if bad is None:
@@ -188,11 +308,69 @@ def _raise_if_nonfinite(
   manager.wait_until_finished()  # The last good checkpoint is complete.
   step, name, value = bad
   raise NonFiniteLossError(
-      f"Stage-one {name} is {value} at step {step}. The last good checkpoint "
-      f"(step {manager.latest_step()}) in {workdir} is intact, but resuming "
-      "replays the same steps; start a new run with a lower "
-      "--config.stage1.optimizer.learning_rate, or check the data."
+      f"{_STAGE_NAMES[stage].capitalize()} {name} is {value} at step "
+      f"{step}. The last good checkpoint (step {manager.latest_step()}) in "
+      f"{workdir} is intact, but resuming replays the same steps; start a new "
+      f"run with a lower --config.{stage}.optimizer.learning_rate, or check "
+      "the data."
   )
+
+
+def _train_loop(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    stage: str,
+    state: TrainState,
+    train_iteration: Callable[[TrainState], tuple[TrainState, Metrics]],
+    manager: ocp.CheckpointManager,
+    writer: writers.MetricWriter,
+) -> TrainState:
+  """Runs `train_iteration` from `state.step` to `config.<stage>.num_steps`.
+
+  The only host synchronisation is every log interval and before saving, so
+  a non-finite value is caught before it can reach a checkpoint.
+  """
+  start_step, num_steps = int(state.step), config[stage].num_steps
+  progress = writers.Progress(num_steps, start_step, config.batch_size)
+  pending: list[tuple[int, Metrics]] = []
+  try:
+    for step in range(start_step + 1, num_steps + 1):
+      state, metrics = train_iteration(state)
+      pending.append((step, metrics))
+      save = step % config.checkpoint_every_steps == 0 or step == num_steps
+      if save or step % config.log_every_steps == 0:
+        pending = jax.device_get(pending)
+        _raise_if_nonfinite(pending, manager, workdir, stage)
+        summary = writers.scalar_summary(pending)
+        writer.write_scalars(step, {f"{stage}/{k}": v for k, v in summary.items()})
+        logging.info("%s %s", _STAGE_NAMES[stage], progress.report(step, summary))
+        pending = []
+      if save:
+        manager.save(step, args=ocp.args.StandardSave(state))
+    manager.wait_until_finished()
+  finally:
+    manager.close()
+  return state
+
+
+def _resume(
+    manager: ocp.CheckpointManager, state: TrainState, workdir: str, stage: str,
+    num_steps: int,
+) -> TrainState:
+  """Restores the latest checkpoint; refuses one beyond `num_steps`."""
+  state = restore_or_create_state(manager, state)
+  start_step = int(state.step)
+  if start_step:
+    logging.info("Resumed %s from the checkpoint at step %d.", _STAGE_NAMES[stage],
+                 start_step)
+  if start_step > num_steps:
+    manager.close()
+    raise configuration.RunDirectoryError(
+        f"{workdir} holds {_STAGE_NAMES[stage]} trained to step {start_step}, beyond "
+        f"config.{stage}.num_steps={num_steps}. Use "
+        f"--config.{stage}.num_steps={start_step} (or more), or another --workdir."
+    )
+  return state
 
 
 def train_stage_one(
@@ -207,21 +385,7 @@ def train_stage_one(
   init_rng, train_rng, _ = rng_streams(config.seed)
   state = create_train_state(stage_config, image_shape, init_rng)
   manager = _checkpoint_manager(workdir, config)
-  state = restore_or_create_state(manager, state)
-  start_step = int(state.step)
-  num_steps = stage_config.num_steps
-  if start_step:
-    logging.info("Resumed stage one from the checkpoint at step %d.", start_step)
-  if start_step >= num_steps:
-    manager.close()
-    if start_step > num_steps:
-      raise configuration.RunDirectoryError(
-          f"{workdir} holds stage one trained to step {start_step}, beyond "
-          f"config.stage1.num_steps={num_steps}. Use "
-          f"--config.stage1.num_steps={start_step} (or more), or another --workdir."
-      )
-    return state
-
+  state = _resume(manager, state, workdir, "stage1", stage_config.num_steps)
   train_step = make_train_step(stage_config, image_shape, dataset.num_images)
 
   @functools.partial(jax.jit, donate_argnums=0)
@@ -232,42 +396,68 @@ def train_stage_one(
     images, _ = dataset.sample(data_rng, config.batch_size)
     return train_step(state, images, model_rng)
 
-  progress = writers.Progress(num_steps, start_step, config.batch_size)
-  pending: list[tuple[int, Metrics]] = []
-  try:
-    for step in range(start_step + 1, num_steps + 1):
-      state, metrics = train_iteration(state)
-      pending.append((step, metrics))
-      save = step % config.checkpoint_every_steps == 0 or step == num_steps
-      if save or step % config.log_every_steps == 0:
-        # The only host synchronisation: every log interval and before saving,
-        # so a non-finite value is caught before it can reach a checkpoint.
-        pending = jax.device_get(pending)
-        _raise_if_nonfinite(pending, manager, workdir)
-        summary = writers.scalar_summary(pending)
-        writer.write_scalars(step, {f"stage1/{k}": v for k, v in summary.items()})
-        logging.info("%s", progress.report(step, summary))
-        pending = []
-      if save:
-        manager.save(step, args=ocp.args.StandardSave(state))
-    manager.wait_until_finished()
-  finally:
-    manager.close()
-  return state
+  return _train_loop(config, workdir, "stage1", state, train_iteration, manager, writer)
+
+
+def train_stage_two(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    dataset: data.GroundTruthData,
+    stage1_params: Any,
+    writer: writers.MetricWriter,
+) -> TrainState:
+  """Trains (or resumes) stage two on frozen `stage1_params`."""
+  image_shape = dataset.observation_shape
+  init_rng, train_rng, _ = rng_streams(config.seed, stage=2)
+  state = create_stage_two_state(config, image_shape, stage1_params, init_rng)
+  manager = _checkpoint_manager(workdir, config, STAGE_TWO_CHECKPOINTS)
+  state = _resume(manager, state, workdir, "stage2", config.stage2.num_steps)
+  train_step = make_stage_two_train_step(config, image_shape)
+
+  @functools.partial(jax.jit, donate_argnums=0)
+  def train_iteration(state, stage1_params):
+    step_rng = jax.random.fold_in(train_rng, state.step)
+    data_rng, model_rng = jax.random.split(step_rng)
+    images, _ = dataset.sample(data_rng, config.batch_size)
+    return train_step(state, stage1_params, images, model_rng)
+
+  return _train_loop(
+      config, workdir, "stage2", state,
+      lambda state: train_iteration(state, stage1_params), manager, writer)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains stage one in `workdir` (resuming if possible), then evaluates it.
+  """Trains stage one and stage two in `workdir` (resuming), then evaluates.
 
-  Returns the evaluation metrics, also written to `workdir/metrics.json`.
+  Stage one is trained here unless `config.stage1.checkpoint` names one to
+  load; stage two (`config.stage2.family`, unless "none") is then trained on
+  it, frozen. Returns the evaluation metrics, also written to
+  `workdir/metrics.json`.
   """
   configuration.validate(config)
-  configuration.bind_workdir(config, workdir)
   dataset = data.get_dataset(config.data)
+  image_shape = dataset.observation_shape
+  if config.stage1.checkpoint:
+    # Checked before the run directory is created or bound.
+    stage1_params, stage1_step = load_stage_one(config, image_shape)
+  configuration.bind_workdir(config, workdir)
   with writers.MetricWriter(workdir) as writer:
     start = time.time()
-    state = train_stage_one(config, workdir, dataset, writer)
-    logging.info("Stage one trained in %.1f s; evaluating.", time.time() - start)
-    _, _, eval_rng = rng_streams(config.seed)
-    return evaluation.evaluate_stage_one(
-        config, workdir, dataset, state.params, int(state.step), eval_rng, writer)
+    if config.stage1.checkpoint:
+      logging.info("Loaded stage one (step %d) from %s.", stage1_step,
+                   config.stage1.checkpoint)
+    else:
+      state = train_stage_one(config, workdir, dataset, writer)
+      stage1_params, stage1_step = state.params, int(state.step)
+      logging.info("Stage one trained in %.1f s.", time.time() - start)
+    results = evaluation.evaluate_stage_one(
+        config, workdir, dataset, stage1_params, stage1_step,
+        rng_streams(config.seed)[2], writer)
+    if config.stage2.family == families.NO_STAGE_TWO:
+      return results
+    start = time.time()
+    state = train_stage_two(config, workdir, dataset, stage1_params, writer)
+    logging.info("Stage two trained in %.1f s; evaluating.", time.time() - start)
+    return evaluation.evaluate_multi_stage(
+        config, workdir, dataset, {"stage1": stage1_params, "stage2": state.params},
+        int(state.step), rng_streams(config.seed, stage=2)[2], writer, results)

@@ -95,7 +95,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
     return poisoned
 
   monkeypatch.setattr(train, "make_train_step", poisoned_make_train_step)
-  with pytest.raises(train.NonFiniteLossError, match=r"Stage-one loss is nan at step 5\. .*step 3\)"):
+  with pytest.raises(train.NonFiniteLossError, match=r"Stage one loss is nan at step 5\. .*step 3\)"):
     train.train_and_evaluate(config, str(tmp_path))
   steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()
                  if p.name.isdigit())

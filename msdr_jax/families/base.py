@@ -1,0 +1,64 @@
+"""What every stage-two family shares: the conditioning and the interface.
+
+Stage one is frozen. For an image x it provides the conditioning
+c = (z, y): the code z = mean of q(z|x) and the blurry reconstruction
+y = dec(z). A stage-two family is a conditional generative model
+p(x | c, w) with new latents w that are independent of z a priori:
+
+  z ~ p(z),  w ~ p(w),  y = dec(z),  x ~ p(x | y, z, w).
+
+Families are frozen dataclasses of static hyperparameters; their parameters
+live outside them, so every method is a pure function of
+`(params, conditioning, ...)` that can be jitted, vmapped or pmapped.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, NamedTuple
+
+import jax
+
+Params = Any
+Metrics = dict[str, jax.Array]
+
+# How stage two sees stage one (`config.stage2.conditioning`). Every choice
+# keeps a path from z to x; a model without one would ignore z, and the
+# config validation rejects it.
+CONDITIONINGS = ("image_and_code", "image", "code")
+
+
+class Conditioning(NamedTuple):
+  """Stage one's view of a batch; never differentiated."""
+
+  code: jax.Array  # [B, K] stage-one code z.
+  logits: jax.Array  # [B, H, W, C] stage-one decoder output at z.
+  image: jax.Array  # [B, H, W, C] y, the decoder mean in [0, 1].
+
+
+class Family(abc.ABC):
+  """A conditional generative model p(x | c, w) with latents w."""
+
+  @abc.abstractmethod
+  def init(self, rng: jax.Array, cond: Conditioning, images: jax.Array) -> Params:
+    """Initial parameters for batches shaped like `cond` and `images`."""
+
+  @abc.abstractmethod
+  def loss(
+      self, params: Params, cond: Conditioning, images: jax.Array, rng: jax.Array
+  ) -> tuple[jax.Array, Metrics]:
+    """(scalar loss, metrics); `jax.grad` of the loss is the training update."""
+
+  @abc.abstractmethod
+  def encode(self, params: Params, cond: Conditioning, images: jax.Array) -> jax.Array:
+    """Deterministic latents w of `images` (posterior mean, inverse, argmax)."""
+
+  @abc.abstractmethod
+  def decode(self, params: Params, cond: Conditioning, latents: jax.Array) -> jax.Array:
+    """Images in [0, 1] (the mean of p(x | c, w)) for latents w."""
+
+  @abc.abstractmethod
+  def sample_latents(
+      self, params: Params, cond: Conditioning, rng: jax.Array
+  ) -> jax.Array:
+    """Latents w drawn from their prior, one per row of `cond`."""

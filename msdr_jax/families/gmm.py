@@ -1,0 +1,121 @@
+"""MS-GMM: a conditional mixture of Gaussians, the tractable baseline.
+
+  p(x | c) = sum_k pi_k(c) N(x; mu_k(c), sigma_k^2 I),   k = 1..M,
+
+with mu_k(c) = sigmoid(stage-one logits + correction_k(c)): every component
+is a residual refinement of stage one's reconstruction, produced in one pass
+of a `Refiner` U-Net with M * C output maps; the mixture weights come from the
+U-Net's bottleneck features and each component has a learned scale
+sigma_k >= min_scale. The latent w is the component, one-hot over M; unlike
+the other families its prior pi(c) depends on the conditioning. The
+likelihood is exact: -log p(x | c) is a logsumexp over the components, so the
+model trains by maximum likelihood with no sampling. It is a density on
+[0, 1]-valued pixels, in nats per image, and is not comparable with the
+other families' losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from msdr_jax import losses
+from msdr_jax.families import base
+from msdr_jax.models import refiner
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class ConditionalMixture(nn.Module):
+  """c -> (component logits [B, M, H, W, C], log pi [B, M], sigma [M])."""
+
+  conditioning: str
+  num_components: int
+  channels: int
+  min_scale: float
+
+  @nn.compact
+  def __call__(self, cond: base.Conditioning):
+    logits, features = refiner.Refiner(
+        self.conditioning, self.num_components * self.channels,
+        zero_init_correction=False)(cond, None)
+    batch, height, width, _ = logits.shape
+    logits = logits.reshape(batch, height, width, self.num_components, self.channels)
+    logits = jnp.moveaxis(logits, 3, 1)
+    log_weights = jax.nn.log_softmax(nn.Dense(self.num_components)(features))
+    raw_scales = self.param(
+        "raw_scales", nn.initializers.constant(0.0), (self.num_components,))
+    return logits, log_weights, self.min_scale + jax.nn.softplus(raw_scales)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionalGMM(base.Family):
+  """MS-GMM with `num_components` residual components."""
+
+  image_shape: tuple[int, int, int]
+  conditioning: str
+  num_components: int
+  min_scale: float
+
+  @classmethod
+  def from_config(cls, stage2_config, image_shape, likelihood: str):
+    del likelihood  # The components are Gaussian whatever stage one used.
+    return cls(
+        image_shape=tuple(image_shape),
+        conditioning=stage2_config.conditioning,
+        num_components=stage2_config.gmm.num_components,
+        min_scale=stage2_config.gmm.min_scale,
+    )
+
+  @property
+  def mixture(self) -> ConditionalMixture:
+    return ConditionalMixture(
+        self.conditioning, self.num_components, self.image_shape[-1], self.min_scale)
+
+  def init(self, rng, cond, images):
+    del images
+    return self.mixture.init(rng, cond)["params"]
+
+  def _components(self, params, cond):
+    logits, log_weights, scales = self.mixture.apply({"params": params}, cond)
+    return losses.decoder_mean(logits), log_weights, scales
+
+  def log_joint(self, params, cond, images) -> jax.Array:
+    """log pi_k(c) + log N(x; mu_k(c), sigma_k^2 I) for every k: [B, M]."""
+    means, log_weights, scales = self._components(params, cond)
+    squared = ((images[:, None] - means) ** 2).reshape(*means.shape[:2], -1).sum(-1)
+    dims = math.prod(self.image_shape)
+    log_normal = (-0.5 * squared / scales**2
+                  - dims * (jnp.log(scales) + 0.5 * _LOG_2PI))
+    return log_weights + log_normal
+
+  def loss(self, params, cond, images, rng):
+    del rng  # The likelihood is exact.
+    log_joint = self.log_joint(params, cond, images)
+    nll = -jax.nn.logsumexp(log_joint, axis=-1)
+    loss = nll.mean()
+    responsibilities = jax.nn.softmax(log_joint, axis=-1)
+    # exp(entropy) of the average responsibilities: how many components the
+    # batch really uses (1 when the mixture has collapsed).
+    usage = responsibilities.mean(0)
+    used = jnp.exp(-jnp.sum(usage * jnp.log(usage + 1e-12)))
+    return loss, {"loss": loss, "nll": loss, "components_used": used}
+
+  def encode(self, params, cond, images):
+    """The most responsible component, one-hot [B, M]."""
+    best = jnp.argmax(self.log_joint(params, cond, images), axis=-1)
+    return jax.nn.one_hot(best, self.num_components, dtype=images.dtype)
+
+  def decode(self, params, cond, latents):
+    """sum_k w_k mu_k: the chosen component's mean for one-hot w."""
+    means, _, _ = self._components(params, cond)
+    return jnp.einsum("bm,bm...->b...", latents, means)
+
+  def sample_latents(self, params, cond, rng):
+    _, log_weights, _ = self.mixture.apply({"params": params}, cond)
+    choice = jax.random.categorical(rng, log_weights, axis=-1)
+    return jax.nn.one_hot(choice, self.num_components, dtype=cond.code.dtype)

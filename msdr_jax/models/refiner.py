@@ -1,0 +1,133 @@
+"""Networks of the stage-two families that work in image space.
+
+* `ConditionalEncoder` -- q(w | x, c): a conv net on x stacked with the
+  stage-one reconstruction y, with the stage-one code z joined before the
+  dense layers.
+* `Refiner` -- a U-Net from (c, w) to logits. With the image in the
+  conditioning it predicts a *correction* to stage one's logits and its last
+  layer starts at zero, so an untrained refiner reproduces stage one exactly
+  and training only ever adds the detail stage one misses.
+* `PatchDiscriminator` -- D(x, c) of MS-GAN: one logit per image patch.
+
+The strided convolutions are the fast `layers.Stride2Conv` /
+`layers.Stride2ConvTranspose` of stage one; the few full-resolution layers
+are stride-1 convolutions, which XLA:CPU runs quickly.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from msdr_jax.families import base
+from msdr_jax.models import layers
+
+# 64x64 -> 32 -> 16 -> 8 -> 4.
+_FEATURES = (32, 32, 64, 64)
+_DENSE = 256
+_FULL_RESOLUTION_FEATURES = 8
+
+
+def uses_image(conditioning: str) -> bool:
+  return conditioning in ("image_and_code", "image")
+
+
+def uses_code(conditioning: str) -> bool:
+  return conditioning in ("image_and_code", "code")
+
+
+class ConditionalEncoder(nn.Module):
+  """(x, c) -> (mean, log_var) of a diagonal Gaussian over w, each [B, L]."""
+
+  latent_dim: int
+  conditioning: str
+
+  @nn.compact
+  def __call__(self, images: jax.Array, cond: base.Conditioning):
+    h = images
+    if uses_image(self.conditioning):
+      h = jnp.concatenate([images, cond.image], axis=-1)
+    for features in _FEATURES:
+      h = nn.relu(layers.Stride2Conv(features, 4)(h))
+    h = h.reshape(h.shape[0], -1)
+    if uses_code(self.conditioning):
+      h = jnp.concatenate([h, cond.code], axis=-1)
+    h = nn.relu(nn.Dense(_DENSE)(h))
+    mean, log_var = jnp.split(nn.Dense(2 * self.latent_dim)(h), 2, axis=-1)
+    return mean, log_var
+
+
+class Refiner(nn.Module):
+  """U-Net (c, w) -> `output_channels` logit maps at the image resolution.
+
+  `output_channels` is C for one image, M * C for the M mixture components
+  of MS-GMM. `w` may be None (MS-GMM has no continuous latents). Returns
+  (logits [B, H, W, output_channels], bottleneck features [B, F]).
+  """
+
+  conditioning: str
+  output_channels: int
+  # Start exactly at stage one's logits. MS-GMM turns this off: identical
+  # components would receive identical updates and never separate.
+  zero_init_correction: bool = True
+
+  @nn.compact
+  def __call__(self, cond: base.Conditioning, latents: jax.Array | None):
+    batch, height, width, channels = cond.image.shape
+    with_image = uses_image(self.conditioning)
+    codes = [latents] if latents is not None else []
+    if uses_code(self.conditioning):
+      codes.append(cond.code)
+    grid = (height // 2 ** len(_FEATURES), width // 2 ** len(_FEATURES))
+
+    skips = []
+    if with_image:
+      h = jnp.concatenate([cond.image, cond.logits], axis=-1)
+      for features in _FEATURES:
+        h = nn.relu(layers.Stride2Conv(features, 4)(h))
+        skips.append(h)
+      bottleneck = h.reshape(batch, -1)
+    else:
+      bottleneck = jnp.zeros((batch, 0), cond.code.dtype)
+    if codes:
+      code = jnp.concatenate(codes, axis=-1)
+      code = nn.relu(nn.Dense(_DENSE)(code))
+      code = nn.relu(nn.Dense(grid[0] * grid[1] * _FEATURES[-1])(code))
+      bottleneck = jnp.concatenate([bottleneck, code], axis=-1)
+      code_map = code.reshape(batch, *grid, _FEATURES[-1])
+      h = jnp.concatenate([h, code_map], axis=-1) if with_image else code_map
+
+    # Up: 4 -> 8 -> 16 -> 32 -> 64, joining the encoder maps of each size.
+    for features, skip in zip(_FEATURES[-2::-1], skips[-2::-1] or [None] * 3):
+      h = nn.relu(layers.Stride2ConvTranspose(features, 4)(h))
+      if skip is not None:
+        h = jnp.concatenate([h, skip], axis=-1)
+    h = nn.relu(layers.Stride2ConvTranspose(_FULL_RESOLUTION_FEATURES, 4)(h))
+    if with_image:
+      h = jnp.concatenate([h, cond.image, cond.logits], axis=-1)
+    h = nn.relu(nn.Conv(_FULL_RESOLUTION_FEATURES, (3, 3))(h))
+    if not with_image:
+      return nn.Conv(self.output_channels, (3, 3))(h), bottleneck
+    kernel_init = (nn.initializers.zeros if self.zero_init_correction
+                   else nn.initializers.normal(1e-2))
+    correction = nn.Conv(self.output_channels, (3, 3), kernel_init=kernel_init)(h)
+    base_logits = jnp.tile(cond.logits, (1, 1, 1, self.output_channels // channels))
+    return base_logits + correction, bottleneck
+
+
+class PatchDiscriminator(nn.Module):
+  """(x, c) -> [B, H/8, W/8] real/fake logits, one per overlapping patch."""
+
+  conditioning: str
+
+  @nn.compact
+  def __call__(self, images: jax.Array, cond: base.Conditioning) -> jax.Array:
+    h = images
+    if uses_image(self.conditioning):
+      h = jnp.concatenate([images, cond.image], axis=-1)
+    for features in _FEATURES[:3]:
+      h = nn.leaky_relu(layers.Stride2Conv(features, 4)(h), 0.2)
+    if uses_code(self.conditioning):
+      h = h + nn.Dense(h.shape[-1])(cond.code)[:, None, None, :]
+    return nn.Conv(1, (3, 3))(h)[..., 0]

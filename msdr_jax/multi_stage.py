@@ -1,0 +1,140 @@
+"""The multi-stage model: a frozen stage one and a stage-two family as one model.
+
+The generative model is
+
+  z ~ N(0, I),  w ~ p(w),  y = dec(z),  x ~ p(x | y, z, w),
+
+with stage one's decoder giving y and a stage-two family (`families/`) giving
+p(x | c, w), c = (z, y). `MultiStageModel` exposes it as pure functions of
+the parameter pytree `{"stage1": ..., "stage2": ...}`:
+
+  model = multi_stage.MultiStageModel.from_config(config, image_shape)
+  codes, latents = model.encode(params, images)   # z = stage one's mean.
+  images = model.reconstruct(params, images)
+  images = model.sample(params, rng, 16)
+  grid = model.traverse(params, image, values)    # vary z_j, hold w.
+
+The stage-two loss takes the stage-one parameters as an ordinary argument,
+`loss(stage2_params, stage1_params, images, rng)`, and stops their gradient:
+stage one is frozen by construction, and a different stage-one checkpoint is
+just a different argument value (no recompilation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from msdr_jax import losses
+from msdr_jax.families import FAMILIES
+from msdr_jax.families import base
+from msdr_jax.models import vae
+
+Params = Any
+
+
+def family_from_config(
+    config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]
+) -> base.Family:
+  """The stage-two family of `config.stage2` for images of `image_shape`."""
+  family = FAMILIES[config.stage2.family]
+  return family.from_config(
+      config.stage2, tuple(image_shape), config.stage1.model.likelihood)
+
+
+def condition_on_codes(
+    stage1_model: vae.VAE, stage1_params: Params, codes: jax.Array
+) -> base.Conditioning:
+  """c = (z, dec(z)) for given stage-one codes z."""
+  stage1_params = jax.lax.stop_gradient(stage1_params)
+  logits = stage1_model.apply({"params": stage1_params}, codes, method=vae.VAE.decode)
+  return base.Conditioning(codes, logits, losses.decoder_mean(logits))
+
+
+def condition(
+    stage1_model: vae.VAE, stage1_params: Params, images: jax.Array
+) -> base.Conditioning:
+  """c = (z, dec(z)) with z the stage-one posterior mean of `images`.
+
+  The mean, not a sample: it is the representation the metrics score and the
+  code whose meaning stage two must keep.
+  """
+  stage1_params = jax.lax.stop_gradient(stage1_params)
+  codes, _ = stage1_model.apply({"params": stage1_params}, images, method=vae.VAE.encode)
+  return condition_on_codes(stage1_model, stage1_params, codes)
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiStageModel:
+  """Stage one (a `vae.VAE`) and a stage-two family; no parameters inside."""
+
+  stage1: vae.VAE
+  stage2: base.Family
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, image_shape) -> MultiStageModel:
+    return cls(
+        stage1=vae.model_from_config(config.stage1.model, image_shape),
+        stage2=family_from_config(config, image_shape),
+    )
+
+  def loss(self, stage2_params, stage1_params, images, rng):
+    """(loss, metrics) of stage two; stage one gets no gradient."""
+    cond = condition(self.stage1, stage1_params, images)
+    return self.stage2.loss(stage2_params, cond, images, rng)
+
+  def encode(self, params, images) -> tuple[jax.Array, jax.Array]:
+    """(z, w): stage one's code and stage two's latents of `images`."""
+    cond = condition(self.stage1, params["stage1"], images)
+    return cond.code, self.stage2.encode(params["stage2"], cond, images)
+
+  def decode(self, params, codes, latents) -> jax.Array:
+    """Images in [0, 1] from stage-one codes z and stage-two latents w."""
+    cond = condition_on_codes(self.stage1, params["stage1"], codes)
+    return self.stage2.decode(params["stage2"], cond, latents)
+
+  def reconstruct(self, params, images) -> jax.Array:
+    codes, latents = self.encode(params, images)
+    return self.decode(params, codes, latents)
+
+  def sample_latents(self, params, codes, rng) -> jax.Array:
+    """w ~ p(w) (MS-GMM: p(w | c)) for each stage-one code z."""
+    cond = condition_on_codes(self.stage1, params["stage1"], codes)
+    return self.stage2.sample_latents(params["stage2"], cond, rng)
+
+  def sample(self, params, rng, num_samples: int) -> jax.Array:
+    """Images of z ~ N(0, I) and w ~ p(w)."""
+    code_rng, latent_rng = jax.random.split(rng)
+    codes = jax.random.normal(code_rng, (num_samples, self.stage1.latent_dim))
+    return self.decode(params, codes, self.sample_latents(params, codes, latent_rng))
+
+  def traverse(self, params, image, values) -> jax.Array:
+    """Sweeps each z_j of one image over `values`, holding its w fixed.
+
+    Args:
+      params: `{"stage1": ..., "stage2": ...}`.
+      image: [H, W, C] image whose (z, w) the sweep starts from.
+      values: [V] values given to each latent in turn.
+
+    Returns:
+      [K, V, H, W, C] images.
+    """
+    code, latent = self.encode(params, image[None])
+    num_latents, steps = code.shape[-1], len(values)
+    codes = jnp.tile(code, (num_latents, steps, 1))
+    rows = jnp.arange(num_latents)
+    codes = codes.at[rows, :, rows].set(values[None, :]).reshape(-1, num_latents)
+    latents = jnp.repeat(latent, num_latents * steps, axis=0)
+    images = self.decode(params, codes, latents)
+    return images.reshape(num_latents, steps, *image.shape)
+
+
+def make_loss_fn(
+    config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]
+) -> Callable[..., tuple[jax.Array, base.Metrics]]:
+  """Returns `loss(stage2_params, stage1_params, images, rng) -> (loss, metrics)`."""
+  return MultiStageModel.from_config(config, image_shape).loss
