@@ -256,7 +256,8 @@ def load_stage_one(
     raise configuration.RunDirectoryError(
         f"Stage-one checkpoint {config.stage1.checkpoint} does not exist. {fix}")
   manager = ocp.CheckpointManager(
-      path, options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+      path, options=ocp.CheckpointManagerOptions(create=False, read_only=True),
+      item_handlers=ocp.StandardCheckpointHandler())
   try:
     step = manager.latest_step()
     if step is None:
@@ -266,7 +267,7 @@ def load_stage_one(
         functools.partial(create_train_state, config.stage1, image_shape),
         jax.random.PRNGKey(0))
     metadata = manager.item_metadata(step)
-    stored_params = metadata["params"] if "params" in metadata else None
+    stored_params = metadata.get("params") if metadata is not None else None
     mismatch = (_shape_mismatch(state.params, stored_params)
                 if stored_params is not None else "it has no parameters")
     if mismatch:
@@ -460,4 +461,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("Stage two trained in %.1f s; evaluating.", time.time() - start)
     return evaluation.evaluate_multi_stage(
         config, workdir, dataset, {"stage1": stage1_params, "stage2": state.params},
-        int(state.step), rng_streams(config.seed, stage=2)[2], writer, results)
+        int(state.step), rng_streams(config.seed)[2],
+        rng_streams(config.seed, stage=2)[2], writer, results)

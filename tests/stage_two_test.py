@@ -1,0 +1,260 @@
+"""The frozen-stage-one interface, the four families and the combined model."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import dsprites
+from msdr_jax import configuration
+from msdr_jax import data
+from msdr_jax import losses
+from msdr_jax import multi_stage
+from msdr_jax import train
+from msdr_jax.families import base
+
+FAMILIES = ("vae", "flow", "gan", "gmm")
+SHAPE = (64, 64, 1)
+
+
+def _config(family="vae", conditioning="image_and_code"):
+  config = dsprites.get_config("preset=tiny")
+  config.stage2.family = family
+  config.stage2.conditioning = conditioning
+  config.stage2.flow.num_couplings = 2
+  config.stage2.optimizer.learning_rate = 1e-3
+  return config
+
+
+def _stage_one(config, seed=0):
+  return train.create_train_state(config.stage1, SHAPE, jax.random.PRNGKey(seed)).params
+
+
+def _images(num=4, seed=1):
+  images, _ = data.get_dataset(_config().data).sample(jax.random.PRNGKey(seed), num)
+  return images
+
+
+def _perturbed(params, seed, scale=0.05):
+  """Moves every parameter off its initial value (zero-initialised layers too)."""
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  return treedef.unflatten(
+      [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_stage_one_gets_no_gradient_and_stays_bit_identical(family):
+  config = _config(family)
+  stage1 = _stage_one(config)
+  stage1_copy = jax.tree_util.tree_map(np.array, stage1)
+  state = train.create_stage_two_state(config, SHAPE, stage1, jax.random.PRNGKey(2))
+  model = multi_stage.MultiStageModel.from_config(config, SHAPE)
+  images = _images()
+
+  stage1_grads = jax.grad(lambda p1: model.loss(state.params, p1, images,
+                                                jax.random.PRNGKey(3))[0])(stage1)
+  assert all(not np.any(g) for g in jax.tree_util.tree_leaves(stage1_grads))
+
+  step = jax.jit(train.make_stage_two_train_step(config, SHAPE))
+  before = jax.tree_util.tree_map(np.array, state.params)
+  for i in range(3):
+    state, metrics = step(state, stage1, images, jax.random.PRNGKey(i))
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+  jax.tree_util.tree_map(np.testing.assert_array_equal, stage1, stage1_copy)
+  changed = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, b),
+                                   before, jax.tree_util.tree_map(np.array, state.params))
+  assert any(jax.tree_util.tree_leaves(changed))
+
+
+def test_another_stage_one_changes_the_conditioning_without_recompiling():
+  config = _config("vae")
+  first, second = _stage_one(config, 0), _stage_one(config, 1)
+  state = train.create_stage_two_state(config, SHAPE, first, jax.random.PRNGKey(2))
+  step = jax.jit(train.make_stage_two_train_step(config, SHAPE))
+  images, rng = _images(), jax.random.PRNGKey(3)
+  _, with_first = step(state, first, images, rng)
+  _, with_second = step(state, second, images, rng)
+  assert step._cache_size() == 1  # pylint: disable=protected-access
+  assert float(with_first["recon"]) != float(with_second["recon"])
+  model = multi_stage.MultiStageModel.from_config(config, SHAPE)
+  cond_first = multi_stage.condition(model.stage1, first, images)
+  cond_second = multi_stage.condition(model.stage1, second, images)
+  assert not np.allclose(cond_first.image, cond_second.image)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_combined_model_shapes(family):
+  config = _config(family)
+  stage1 = _stage_one(config)
+  state = train.create_stage_two_state(config, SHAPE, stage1, jax.random.PRNGKey(2))
+  params = {"stage1": stage1, "stage2": state.params}
+  model = multi_stage.MultiStageModel.from_config(config, SHAPE)
+  images = _images(3)
+  codes, latents = model.encode(params, images)
+  assert codes.shape == (3, 10) and latents.shape[0] == 3
+  assert model.reconstruct(params, images).shape == images.shape
+  samples = model.sample(params, jax.random.PRNGKey(0), 5)
+  assert samples.shape == (5, *SHAPE)
+  assert 0.0 <= float(samples.min()) and float(samples.max()) <= 1.0
+  grid = model.traverse(params, images[0], jnp.linspace(-2.0, 2.0, 4))
+  assert grid.shape == (10, 4, *SHAPE)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_code_is_stage_one_mean_and_batches_are_independent(family):
+  config = _config(family)
+  stage1 = _stage_one(config)
+  state = train.create_stage_two_state(config, SHAPE, stage1, jax.random.PRNGKey(2))
+  params = {"stage1": stage1, "stage2": _perturbed(state.params, 4)}
+  model = multi_stage.MultiStageModel.from_config(config, SHAPE)
+  images = _images(4)
+  codes, _ = model.encode(params, images)
+  mean, _ = model.stage1.apply({"params": stage1}, images, method=model.stage1.encode)
+  np.testing.assert_array_equal(codes, mean)
+  together = model.reconstruct(params, images)
+  alone = jnp.concatenate([model.reconstruct(params, images[i:i + 1]) for i in range(4)])
+  np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["vae", "gan"])
+def test_untrained_refiner_reproduces_stage_one(family):
+  # The correction starts at zero: stage two can only add to stage one.
+  config = _config(family)
+  stage1 = _stage_one(config)
+  state = train.create_stage_two_state(config, SHAPE, stage1, jax.random.PRNGKey(2))
+  params = {"stage1": stage1, "stage2": state.params}
+  model = multi_stage.MultiStageModel.from_config(config, SHAPE)
+  images = _images()
+  cond = multi_stage.condition(model.stage1, stage1, images)
+  latents = jax.random.normal(jax.random.PRNGKey(5), (4, config.stage2[family].latent_dim))
+  np.testing.assert_allclose(model.decode(params, cond.code, latents), cond.image, atol=1e-6)
+
+
+def test_traverse_varies_one_code_and_holds_w():
+  config = _config("vae")
+  stage1 = _stage_one(config)
+  state = train.create_stage_two_state(config, SHAPE, stage1, jax.random.PRNGKey(2))
+  params = {"stage1": stage1, "stage2": _perturbed(state.params, 4)}
+  model = multi_stage.MultiStageModel.from_config(config, SHAPE)
+  image = _images(1)[0]
+  values = jnp.array([-1.5, 0.5])
+  grid = model.traverse(params, image, values)
+  code, latent = model.encode(params, image[None])
+  for j in (0, 7):
+    for v, value in enumerate(values):
+      expected = model.decode(params, code.at[0, j].set(value), latent)[0]
+      np.testing.assert_allclose(grid[j, v], expected, atol=1e-5)
+
+
+def test_gan_players_follow_their_own_objectives():
+  # One scalar loss, but each player's gradient is its own objective's:
+  # the adversarial weight moves the generator only.
+  stage1 = _stage_one(_config("gan"))
+  images, rng = _images(), jax.random.PRNGKey(7)
+  grads = {}
+  for weight in (0.0, 1.0):
+    config = _config("gan")
+    config.stage2.gan.adversarial_weight = weight
+    model = multi_stage.MultiStageModel.from_config(config, SHAPE)
+    params = _perturbed(
+        train.create_stage_two_state(config, SHAPE, stage1, jax.random.PRNGKey(2)).params, 4)
+    grads[weight] = jax.grad(lambda p: model.loss(p, stage1, images, rng)[0])(params)
+  for player in ("discriminator", "encoder"):
+    jax.tree_util.tree_map(np.testing.assert_array_equal,
+                           grads[0.0][player], grads[1.0][player])
+  differs = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b),
+                                   grads[0.0]["generator"], grads[1.0]["generator"])
+  assert any(jax.tree_util.tree_leaves(differs))
+
+
+def test_gmm_likelihood_matches_a_direct_mixture_density():
+  config = _config("gmm")
+  config.stage2.gmm.num_components = 3
+  stage1 = _stage_one(config)
+  model = multi_stage.MultiStageModel.from_config(config, SHAPE)
+  params = _perturbed(
+      train.create_stage_two_state(config, SHAPE, stage1, jax.random.PRNGKey(2)).params, 4)
+  images = _images(2)
+  cond = multi_stage.condition(model.stage1, stage1, images)
+  loss, _ = model.stage2.loss(params, cond, images, None)
+  logits, log_weights, scales = model.stage2.mixture.apply({"params": params}, cond)
+  means = np.asarray(jax.nn.sigmoid(logits), np.float64)
+  x = np.asarray(images, np.float64)
+  nll = []
+  for b in range(2):
+    log_terms = [
+        float(log_weights[b, k])
+        + np.sum(-0.5 * ((x[b] - means[b, k]) / float(scales[k])) ** 2
+                 - np.log(float(scales[k])) - 0.5 * np.log(2 * np.pi))
+        for k in range(3)
+    ]
+    nll.append(-np.logaddexp.reduce(log_terms))
+  np.testing.assert_allclose(float(loss), np.mean(nll), rtol=1e-5)
+  chosen = model.stage2.encode(params, cond, images)
+  np.testing.assert_array_equal(chosen.sum(-1), 1.0)
+  k = int(np.argmax(chosen[0]))
+  np.testing.assert_allclose(model.stage2.decode(params, cond, chosen)[0], means[0, k],
+                             atol=1e-6)
+
+
+def test_vae_loss_is_the_negative_elbo():
+  config = _config("vae")
+  stage1 = _stage_one(config)
+  model = multi_stage.MultiStageModel.from_config(config, SHAPE)
+  family = model.stage2
+  params = _perturbed(
+      train.create_stage_two_state(config, SHAPE, stage1, jax.random.PRNGKey(2)).params, 4)
+  images, rng = _images(), jax.random.PRNGKey(9)
+  cond = multi_stage.condition(model.stage1, stage1, images)
+  loss, metrics = family.loss(params, cond, images, rng)
+  mean, log_var = family.encoder.apply({"params": params["encoder"]}, images, cond)
+  latents = mean + jnp.exp(0.5 * log_var) * jax.random.normal(rng, mean.shape)
+  logits, _ = family.decoder.apply({"params": params["decoder"]}, cond, latents)
+  expected_recon = losses.bernoulli_nll(logits, images)
+  expected_kl = 0.5 * jnp.sum(mean**2 + jnp.exp(log_var) - log_var - 1, -1)
+  np.testing.assert_allclose(float(metrics["recon"]), float(expected_recon.mean()), rtol=1e-5)
+  np.testing.assert_allclose(float(loss), float(jnp.mean(expected_recon + expected_kl)),
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize("conditioning", ["image", "code"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_conditioning_keeps_a_path_from_z(family, conditioning):
+  config = _config(family, conditioning)
+  stage1 = _stage_one(config)
+  model = multi_stage.MultiStageModel.from_config(config, SHAPE)
+  params = _perturbed(
+      train.create_stage_two_state(config, SHAPE, stage1, jax.random.PRNGKey(2)).params, 4,
+      scale=0.2)
+  images = _images(2)
+  codes, latents = model.encode({"stage1": stage1, "stage2": params}, images)
+  full = {"stage1": stage1, "stage2": params}
+  moved = model.decode(full, codes + 3.0, latents)
+  assert not np.allclose(model.decode(full, codes, latents), moved, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("stage2.conditioning", "none", "without a conditioning path it would model"),
+        ("stage2.family", "diffusion", "config.stage2.family='diffusion' is unknown"),
+        ("stage2.vae.beta", -1.0, "config.stage2.vae.beta=-1.0 must be >= 0"),
+        ("stage2.gmm.num_components", 1, "must be >= 2"),
+        ("stage2.num_steps", 0, "config.stage2.num_steps=0 must be >= 1"),
+    ],
+)
+def test_bad_stage_two_configs_are_rejected(key, value, message):
+  config = _config("gmm" if "gmm" in key else "vae")
+  section, name = key.rsplit(".", 1)
+  node = config
+  for part in section.split("."):
+    node = node[part]
+  node[name] = value
+  with pytest.raises(configuration.ConfigError, match=message):
+    configuration.validate(config)
+
+
+def test_conditionings_are_the_documented_ones():
+  assert base.CONDITIONINGS == ("image_and_code", "image", "code")
