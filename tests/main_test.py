@@ -19,7 +19,7 @@ from tensorboardX.proto import event_pb2
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = "--config=configs/dsprites.py:preset=tiny"
 # Long enough to be killed in the middle, short enough for CI.
-RESUMABLE = (TINY, "--config.stage1.num_steps=120",
+RESUMABLE = (TINY, "--config.stage1.num_steps=120", "--config.stage2.num_steps=60",
              "--config.checkpoint_every_steps=20", "--config.log_every_steps=10")
 
 
@@ -46,10 +46,19 @@ def _read_events(path):
   return events
 
 
-def _final_params(workdir, step):
+def _final_params(workdir, step, checkpoints="checkpoints"):
   restored = ocp.StandardCheckpointer().restore(
-      pathlib.Path(workdir).absolute() / "checkpoints" / str(step) / "default")
+      pathlib.Path(workdir).absolute() / checkpoints / str(step) / "default")
   return restored["params"]
+
+
+def _kill_when(process, path):
+  deadline = time.time() + 300
+  while not path.exists() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.communicate()
+  assert process.returncode == -signal.SIGKILL
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +93,9 @@ def test_cli_writes_figures_metrics_and_logs(uninterrupted_run):
     assert tags[tag] == list(range(10, 121, 10)), tag
   assert tags["eval/mig"] == [120]
   assert tags["stage1/traversals"] == tags["stage1/reconstructions"] == [120]
+  assert tags["stage2/loss"] == tags["stage2/kl"] == list(range(10, 61, 10))
+  assert tags["eval/multi_stage/reconstruction_mse"] == [60]
+  assert tags["stage2/side_by_side"] == tags["stage2/samples"] == [60]
   assert json.loads((workdir / "config.json").read_text())["stage1"]["num_steps"] == 120
 
 
@@ -91,21 +103,25 @@ def test_sigkill_then_rerun_ends_where_an_uninterrupted_run_does(
     uninterrupted_run, tmp_path):
   reference_dir = uninterrupted_run[0]
   workdir = tmp_path / "killed"
-  process = _cli(*RESUMABLE, f"--workdir={workdir}")
-  checkpoint = workdir / "checkpoints" / "40"
-  deadline = time.time() + 300
-  while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-    time.sleep(0.02)
-  process.send_signal(signal.SIGKILL)
-  process.communicate()
-  assert process.returncode == -signal.SIGKILL
+  # Killed once in stage one, then once in stage two.
+  _kill_when(_cli(*RESUMABLE, f"--workdir={workdir}"), workdir / "checkpoints" / "40")
   assert not (workdir / "checkpoints" / "120").exists(), "killed too late to test resumption"
+  _kill_when(_cli(*RESUMABLE, f"--workdir={workdir}"),
+             workdir / "checkpoints_stage2" / "20")
+  assert not (workdir / "checkpoints_stage2" / "60").exists(), "killed too late"
 
   code, _, stderr = _run(*RESUMABLE, f"--workdir={workdir}")
   assert code == 0, stderr[-3000:]
-  assert "Resumed stage one from the checkpoint at step" in stderr
+  assert "Resumed stage one from the checkpoint at step 120" in stderr
+  assert "Resumed stage two from the checkpoint at step" in stderr
   jax.tree_util.tree_map(np.testing.assert_array_equal,
                          _final_params(workdir, 120), _final_params(reference_dir, 120))
+  jax.tree_util.tree_map(np.testing.assert_array_equal,
+                         _final_params(workdir, 60, "checkpoints_stage2"),
+                         _final_params(reference_dir, 60, "checkpoints_stage2"))
+  ours = json.loads((workdir / "metrics.json").read_text())
+  theirs = json.loads((reference_dir / "metrics.json").read_text())
+  assert ours == theirs
 
 
 def test_default_workdir_is_printed_and_reused(tmp_path):

@@ -1,4 +1,4 @@
-"""The train step under a real `jax.pmap` over two (host-platform) devices."""
+"""Both stages' train steps under a real `jax.pmap` over two host devices."""
 
 import os
 import pathlib
@@ -32,7 +32,21 @@ _SCRIPT = textwrap.dedent("""
                     jax.tree_util.tree_leaves(vmapped.params)):
       np.testing.assert_array_equal(a[0], a[1])  # Replicas stay identical.
       np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
-    print("pmap ok", float(metrics["loss"][0]))
+
+    # Stage two: the frozen stage-one parameters are a broadcast input.
+    config.stage2.family = "vae"
+    stage1 = state.params
+    state2 = train.create_stage_two_state(config, shape, stage1, jax.random.PRNGKey(3))
+    step2 = train.make_stage_two_train_step(config, shape, axis_name="devices")
+    pmapped2, metrics2 = jax.pmap(step2, axis_name="devices", in_axes=(None, None, 0, 0))(
+        state2, stage1, shards, rngs)
+    vmapped2, _ = jax.jit(jax.vmap(step2, axis_name="devices",
+                                   in_axes=(None, None, 0, 0)))(state2, stage1, shards, rngs)
+    for a, b in zip(jax.tree_util.tree_leaves(pmapped2.params),
+                    jax.tree_util.tree_leaves(vmapped2.params)):
+      np.testing.assert_array_equal(a[0], a[1])
+      np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
+    print("pmap ok", float(metrics["loss"][0]), float(metrics2["loss"][0]))
 """)
 
 

@@ -25,12 +25,20 @@ def _tiny_config():
 
 def test_readme_train_step_example_runs():
   readme = (REPO / "README.md").read_text()
-  match = re.search(r"<!-- train-step-example -->\s*```python\n(.*?)```", readme, re.S)
-  assert match, "README lost its train-step example"
+  blocks = [
+      re.search(rf"<!-- {name} -->\s*```python\n(.*?)```", readme, re.S)
+      for name in ("train-step-example", "stage-two-example")
+  ]
+  assert all(blocks), "README lost a train-step example"
   namespace = {}
-  exec(compile(match.group(1), "README.md", "exec"), namespace)  # pylint: disable=exec-used
+  for block in blocks:
+    exec(compile(block.group(1), "README.md", "exec"), namespace)  # pylint: disable=exec-used
   assert np.isfinite(float(namespace["metrics"]["loss"]))
   assert int(namespace["state"].step) == 3
+  assert np.isfinite(float(namespace["metrics2"]["loss"]))
+  assert int(namespace["state2"].step) == 3
+  assert namespace["reconstructions"].shape == namespace["images"].shape
+  assert namespace["samples"].shape == (8, 64, 64, 1)
 
 
 def test_train_step_is_deterministic_and_learns():
