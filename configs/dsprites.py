@@ -1,11 +1,16 @@
-r"""Stage-one beta-TCVAE on dSprites (the embedded procedural renderer).
+r"""Multi-stage model on dSprites (the embedded procedural renderer).
 
-Run (the default preset is the paper-scale run of 300k steps):
+Stage one is a beta-TCVAE; stage two (MS-VAE by default) is then trained on
+it, frozen. Run (the default preset is the paper-scale run):
 
   python -m msdr_jax.main --config=configs/dsprites.py
   python -m msdr_jax.main --config=configs/dsprites.py:preset=quick
   python -m msdr_jax.main --config=configs/dsprites.py:preset=quick \
       --config.stage1.objective.beta=4 --workdir=runs/beta4
+  # Another stage-two family on a stage one trained earlier:
+  python -m msdr_jax.main --config=configs/dsprites.py:preset=quick \
+      --config.stage1.checkpoint=runs/beta4 --config.stage2.family=flow \
+      --workdir=runs/beta4-flow
 
 Presets (`preset=...`) and their time on a 2-core CPU (see the README):
   paper -- the default: disentanglement_lib defaults, 300k steps (about 8.5

@@ -211,8 +211,8 @@ def test_forward_depends_on_exactly_the_chosen_conditioning(conditioning):
   other = _cond(11, 2, family.image_shape)
   new_code = cond._replace(code=other.code)
   new_image = cond._replace(image=other.image, logits=other.logits)
-  for changed, used in ((new_code, flow_lib.uses_code(conditioning)),
-                        (new_image, flow_lib.uses_image(conditioning))):
+  for changed, used in ((new_code, base.uses_code(conditioning)),
+                        (new_image, base.uses_image(conditioning))):
     w2, log_det2 = family.forward(params, changed, v)
     if used:
       assert np.abs(w2 - w).max() > 1e-2

@@ -28,6 +28,16 @@ Metrics = dict[str, jax.Array]
 CONDITIONINGS = ("image_and_code", "image", "code")
 
 
+def uses_image(conditioning: str) -> bool:
+  """Whether stage two sees y = dec(z) under `conditioning`."""
+  return conditioning in ("image_and_code", "image")
+
+
+def uses_code(conditioning: str) -> bool:
+  """Whether stage two sees z itself under `conditioning`."""
+  return conditioning in ("image_and_code", "code")
+
+
 class Conditioning(NamedTuple):
   """Stage one's view of a batch; never differentiated."""
 

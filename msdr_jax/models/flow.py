@@ -62,14 +62,6 @@ from msdr_jax.families import base
 _PARTITIONS = (("halves", False), ("halves", True), ("parity", False), ("parity", True))
 
 
-def uses_image(conditioning: str) -> bool:
-  return conditioning in ("image_and_code", "image")
-
-
-def uses_code(conditioning: str) -> bool:
-  return conditioning in ("image_and_code", "code")
-
-
 # ----------------------------------------------------------------------------
 # Fixed (parameter-free) bijections.
 
@@ -238,8 +230,9 @@ class ConditionalFlow(nn.Module):
 
   def _features(self, cond: base.Conditioning):
     """(image features at the flow's resolution or None, code or None)."""
-    image = squeeze(2.0 * cond.image - 1.0) if uses_image(self.conditioning) else None
-    code = cond.code if uses_code(self.conditioning) else None
+    image = (squeeze(2.0 * cond.image - 1.0)
+             if base.uses_image(self.conditioning) else None)
+    code = cond.code if base.uses_code(self.conditioning) else None
     return image, code
 
   def forward(self, v: jax.Array, cond: base.Conditioning) -> tuple[jax.Array, jax.Array]:

@@ -29,14 +29,6 @@ _DENSE = 256
 _FULL_RESOLUTION_FEATURES = 8
 
 
-def uses_image(conditioning: str) -> bool:
-  return conditioning in ("image_and_code", "image")
-
-
-def uses_code(conditioning: str) -> bool:
-  return conditioning in ("image_and_code", "code")
-
-
 class ConditionalEncoder(nn.Module):
   """(x, c) -> (mean, log_var) of a diagonal Gaussian over w, each [B, L]."""
 
@@ -46,12 +38,12 @@ class ConditionalEncoder(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, cond: base.Conditioning):
     h = images
-    if uses_image(self.conditioning):
+    if base.uses_image(self.conditioning):
       h = jnp.concatenate([images, cond.image], axis=-1)
     for features in _FEATURES:
       h = nn.relu(layers.Stride2Conv(features, 4)(h))
     h = h.reshape(h.shape[0], -1)
-    if uses_code(self.conditioning):
+    if base.uses_code(self.conditioning):
       h = jnp.concatenate([h, cond.code], axis=-1)
     h = nn.relu(nn.Dense(_DENSE)(h))
     mean, log_var = jnp.split(nn.Dense(2 * self.latent_dim)(h), 2, axis=-1)
@@ -75,9 +67,9 @@ class Refiner(nn.Module):
   @nn.compact
   def __call__(self, cond: base.Conditioning, latents: jax.Array | None):
     batch, height, width, channels = cond.image.shape
-    with_image = uses_image(self.conditioning)
+    with_image = base.uses_image(self.conditioning)
     codes = [latents] if latents is not None else []
-    if uses_code(self.conditioning):
+    if base.uses_code(self.conditioning):
       codes.append(cond.code)
     grid = (height // 2 ** len(_FEATURES), width // 2 ** len(_FEATURES))
 
@@ -124,10 +116,10 @@ class PatchDiscriminator(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, cond: base.Conditioning) -> jax.Array:
     h = images
-    if uses_image(self.conditioning):
+    if base.uses_image(self.conditioning):
       h = jnp.concatenate([images, cond.image], axis=-1)
     for features in _FEATURES[:3]:
       h = nn.leaky_relu(layers.Stride2Conv(features, 4)(h), 0.2)
-    if uses_code(self.conditioning):
+    if base.uses_code(self.conditioning):
       h = h + nn.Dense(h.shape[-1])(cond.code)[:, None, None, :]
     return nn.Conv(1, (3, 3))(h)[..., 0]
