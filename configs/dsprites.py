@@ -97,11 +97,19 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.stage2.flow.num_couplings = 8
   config.stage2.flow.hidden_features = 32
   config.stage2.flow.logit_alpha = 0.05
-  config.stage2.flow.sample_temperature = 1.0
+  # w ~ N(0, T^2 I). At T = 1 the dequantisation noise the flow models turns
+  # into salt-and-pepper pixels and stage one no longer recognises z in the
+  # samples (conditioning fidelity R2 0.69 after the long preset); T = 0.5
+  # gives clean samples (R2 0.90). Reconstructions are exact at any T.
+  config.stage2.flow.sample_temperature = 0.5
   config.stage2.gan = ml_collections.ConfigDict()
   config.stage2.gan.latent_dim = 10
   config.stage2.gan.kl_weight = 1.0
-  config.stage2.gan.adversarial_weight = 1.0
+  # The adversarial term sums over 64 patches, the reconstruction over 4096
+  # pixels. At weight 1 the adversarial gradient swamps the reconstruction
+  # one: after the long preset the reconstruction MSE was 23.3 against stage
+  # one's 23.5; at 0.1 it was 15.6, at 0.01 it was 6.3 (fidelity R2 0.97).
+  config.stage2.gan.adversarial_weight = 0.01
   config.stage2.gmm = ml_collections.ConfigDict()
   config.stage2.gmm.num_components = 10
   config.stage2.gmm.min_scale = 0.05

@@ -207,13 +207,6 @@ def _make_multi_stage_eval_batch(model: multi_stage.MultiStageModel, dataset, ba
   return eval_batch
 
 
-def r_squared(targets: np.ndarray, predictions: np.ndarray) -> np.ndarray:
-  """Per-column coefficient of determination 1 - SS_res / SS_tot."""
-  residual = ((predictions - targets) ** 2).sum(0)
-  total = ((targets - targets.mean(0)) ** 2).sum(0)
-  return 1.0 - residual / np.maximum(total, np.finfo(np.float64).tiny)
-
-
 def _side_by_side_grid(inputs, stage1, multi, num_columns: int = 8) -> np.ndarray:
   rows, labels = [], []
   for start in range(0, len(inputs), num_columns):
@@ -274,10 +267,9 @@ def evaluate_multi_stage(
 
   active = np.asarray(stage1_results["latent_mean_variance"]) > (
       eval_config.active_variance_threshold)
-  fidelity = r_squared(codes, cat("recovered_codes"))
-  stage1_fidelity = r_squared(codes, cat("stage1_recovered_codes"))
-  # None (null in the JSON), not NaN, when no latent is active.
-  mean_over_active = lambda x: float(x[active].mean()) if active.any() else None
+  fidelity = metrics.conditioning_fidelity(codes, cat("recovered_codes"), active)
+  stage1_fidelity = metrics.conditioning_fidelity(
+      codes, cat("stage1_recovered_codes"), active)
   mse, stage1_mse = float(cat("mse").mean()), float(cat("stage1_mse").mean())
   family_metrics = {
       name: float(np.mean([b["family"][name] for b in batches]))
@@ -292,9 +284,14 @@ def evaluate_multi_stage(
       # None when the reconstruction is exact (MS-Flow is a bijection).
       "multi_stage/mse_ratio": stage1_mse / mse if mse > 0 else None,
       "multi_stage/mig": mig["mig"],
-      "multi_stage/conditioning_fidelity_r2": mean_over_active(fidelity),
-      "multi_stage/conditioning_fidelity_r2_per_latent": fidelity.tolist(),
-      "multi_stage/stage1_fidelity_r2": mean_over_active(stage1_fidelity),
+      # None (null in the JSON), not NaN, when no latent is active.
+      "multi_stage/conditioning_fidelity_r2": fidelity["r2"],
+      "multi_stage/conditioning_fidelity_r2_variance_weighted": (
+          fidelity["r2_variance_weighted"]),
+      "multi_stage/conditioning_fidelity_r2_per_latent": fidelity["r2_per_latent"],
+      "multi_stage/stage1_fidelity_r2": stage1_fidelity["r2"],
+      "multi_stage/stage1_fidelity_r2_variance_weighted": (
+          stage1_fidelity["r2_variance_weighted"]),
       **{f"stage2/{name}": value for name, value in family_metrics.items()},
   })
 
@@ -324,12 +321,17 @@ def evaluate_multi_stage(
   write_json(workdir_path / "metrics.json", results)
   logging.info(
       "Multi-stage evaluation: MSE %.3f (stage one %.2f)  MIG %.3f  "
-      "fidelity R2 %s (stage one's own %s) on %d active latents",
-      mse, stage1_mse, mig["mig"],
-      results["multi_stage/conditioning_fidelity_r2"],
-      results["multi_stage/stage1_fidelity_r2"], int(active.sum()),
+      "fidelity R2 %s, variance-weighted %s (stage one's own %s, %s) on %d "
+      "active latents",
+      mse, stage1_mse, mig["mig"], _rounded(fidelity["r2"]),
+      _rounded(fidelity["r2_variance_weighted"]), _rounded(stage1_fidelity["r2"]),
+      _rounded(stage1_fidelity["r2_variance_weighted"]), int(active.sum()),
   )
   return results
+
+
+def _rounded(value: float | None) -> str:
+  return "n/a" if value is None else f"{value:.3f}"
 
 
 def _sample_grid(model, params, rng, num_columns: int) -> np.ndarray:

@@ -8,7 +8,6 @@ Without --workdir the run goes to runs/<config name>-<config hash>, so the
 same command resumes an interrupted run.
 """
 
-import logging as std_logging
 import sys
 
 from absl import app
@@ -19,6 +18,7 @@ from ml_collections import config_flags
 
 from msdr_jax import configuration
 from msdr_jax import train
+from msdr_jax import writers
 
 FLAGS = flags.FLAGS
 
@@ -31,13 +31,6 @@ config_flags.DEFINE_config_file(
     "config", None, "Training configuration file.", lock_config=True
 )
 flags.mark_flags_as_required(["config"])
-
-
-class _HideLibraryInfo(std_logging.Filter):
-  """Keeps orbax's per-save INFO chatter out of the training log."""
-
-  def filter(self, record):
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
 # Errors caused by the user's input: reported in one line, without traceback.
@@ -69,7 +62,7 @@ def _parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_HideLibraryInfo())
+  writers.hide_library_info_logs()
   config = FLAGS.config
   try:
     configuration.validate(config)  # Before the config names a directory.

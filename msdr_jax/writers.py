@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import logging as std_logging
 import time
 from typing import Any, Mapping, Sequence
 
+from absl import logging
 import numpy as np
 import tensorboardX
+
+
+class _HideLibraryInfo(std_logging.Filter):
+  """Keeps orbax's per-save INFO chatter out of the training log."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def hide_library_info_logs() -> None:
+  """Hides libraries' INFO records (orbax logs every save) from absl's log."""
+  logging.get_absl_handler().addFilter(_HideLibraryInfo())
 
 
 class MetricWriter:

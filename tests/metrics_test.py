@@ -84,3 +84,27 @@ def test_mig_is_low_for_noise_and_for_a_rotation():
 def test_mig_rejects_degenerate_input(representation, factors, message):
   with pytest.raises(ValueError, match=message):
     metrics.mutual_information_gap(representation, factors)
+
+
+def test_conditioning_fidelity_known_answers():
+  # Latent 0 (variance 4) comes back exactly: R^2 = 1. Latent 1 (variance 1)
+  # comes back as its mean: R^2 = 0. Latent 2 is inactive and comes back
+  # negated (R^2 = -3), which the averages must ignore.
+  rng = np.random.default_rng(0)
+  codes = rng.normal(size=(1000, 3)) * np.array([2.0, 1.0, 1.0])
+  codes -= codes.mean(0)
+  codes /= codes.std(0) / np.array([2.0, 1.0, 1.0])
+  recovered = np.stack([codes[:, 0], np.zeros(1000), -codes[:, 2]], axis=1)
+  result = metrics.conditioning_fidelity(codes, recovered, np.array([True, True, False]))
+  np.testing.assert_allclose(result["r2_per_latent"], [1.0, 0.0, -3.0], atol=1e-12)
+  np.testing.assert_allclose(result["r2"], 0.5)
+  # Variance weighted: 1 - (0 + 1) / (4 + 1).
+  np.testing.assert_allclose(result["r2_variance_weighted"], 0.8)
+
+
+def test_conditioning_fidelity_without_active_latents_or_with_bad_shapes():
+  codes = np.random.default_rng(0).normal(size=(10, 2))
+  result = metrics.conditioning_fidelity(codes, codes, np.array([False, False]))
+  assert result["r2"] is None and result["r2_variance_weighted"] is None
+  with pytest.raises(ValueError, match=r"must be \[N, K\], \[N, K\] and \[K\]"):
+    metrics.conditioning_fidelity(codes, codes[:, :1], np.array([True, True]))

@@ -50,7 +50,7 @@ class Flow(base.Family):
   num_couplings: int = 8
   hidden_features: int = 32
   logit_alpha: float = 0.05
-  sample_temperature: float = 1.0
+  sample_temperature: float = 0.5
 
   @classmethod
   def from_config(cls, stage2_config, image_shape, likelihood: str):

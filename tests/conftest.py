@@ -1,0 +1,17 @@
+"""Session-wide test settings.
+
+The end-to-end tests start the CLI in many subprocesses that compile the same
+tiny-config programs (train steps, evaluation batches) again and again. A
+persistent JAX compilation cache, private to this test session, lets every
+process after the first load them instead; it changes no numbers (the cached
+executables are the ones XLA compiled), only the suite's time.
+"""
+
+import os
+import tempfile
+
+_CACHE_DIR = tempfile.mkdtemp(prefix="msdr_jax_test_compilation_cache_")
+# Set before any test module imports JAX; subprocesses inherit them.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE_DIR)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
