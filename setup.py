@@ -27,5 +27,5 @@ setuptools.setup(
         "tensorboardX>=2.6",
         "tensorflow-datasets>=4.9.7",
     ],
-    extras_require={"test": ["pytest>=8.0", "scipy>=1.11"]},
+    extras_require={"test": ["pytest>=8.0", "pytest-xdist>=3.5", "scipy>=1.11"]},
 )
