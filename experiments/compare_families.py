@@ -10,8 +10,9 @@ it for one config:
 
 each through `train.train_and_evaluate`, exactly as the CLI runs them (so an
 interrupted study resumes where it stopped when rerun), and prints a Markdown
-table of the metrics every run wrote, also saved as `<workdir>/families.md`
-and `<workdir>/families.csv`.
+table of the metrics every run wrote, also saved as `<workdir>/families.md`,
+`.csv` and `.json`. A family's time covers its whole run: loading stage one,
+training stage two and both evaluations.
 
   python -m experiments.compare_families \
       --config=configs/dsprites.py:preset=quick --workdir=runs/families-quick
@@ -88,7 +89,7 @@ def run_study(config, workdir: str, family_names) -> list[dict]:
 
 
 def markdown_table(rows: list[dict]) -> str:
-  header = ["family", *(column for column, _, _ in _COLUMNS), "stage-two time"]
+  header = ["family", *(column for column, _, _ in _COLUMNS), "run time"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
     cells = [row["family"], *(_format(row[key], fmt) for _, key, fmt in _COLUMNS),

@@ -2,6 +2,7 @@
 
 import json
 
+from absl import app
 import pytest
 
 from configs import dsprites
@@ -26,7 +27,7 @@ def test_study_trains_stage_one_once_and_tabulates_each_family(tmp_path):
 
 
 def test_unknown_family_is_refused_before_training(tmp_path):
-  with pytest.raises(Exception, match=r"Unknown families \['made_up'\]"):
+  with pytest.raises(app.UsageError, match=r"Unknown families \['made_up'\]"):
     compare_families.run_study(dsprites.get_config("preset=tiny"), str(tmp_path),
                                ["vae", "made_up"])
   assert not (tmp_path / "stage1").exists()
