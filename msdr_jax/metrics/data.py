@@ -8,6 +8,7 @@ metric never moves images through the host.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -19,7 +20,7 @@ from msdr_jax.data import ground_truth
 RepresentationFn = Callable[[jax.Array], jax.Array]
 
 # Images rendered and encoded per jitted call when sampling codes.
-DEFAULT_IMAGES_PER_CALL = 1_000
+DEFAULT_IMAGES_PER_CALL = 256
 
 
 def as_key(seed: int | jax.Array) -> jax.Array:
@@ -95,22 +96,45 @@ def encode_factors(
 ) -> np.ndarray:
   """Codes of the images of `factors` [..., F]; returns [..., K] float64.
 
-  The images are rendered and encoded on the device, `images_per_call` per
-  jitted call (the last call is padded, so there is one compilation).
+  Images are a deterministic function of their factors, and codes of their
+  image, so each distinct factor vector is rendered and encoded once. This
+  matters: the BetaVAE and FactorVAE scores draw about 2.9 million images
+  from dSprites' grid of 737,280, of which only ~725,000 differ.
+
+  Rendering and encoding run on the device, `images_per_call` per jitted
+  call (the last call is padded, so there is one compilation).
   """
   factors = np.asarray(factors)
   flat = factors.reshape(-1, factors.shape[-1])
-  batch = max(1, min(images_per_call, len(flat)))
+  index = np.asarray(dataset.factors_to_index(flat))
+  unique_index, inverse = np.unique(index, return_inverse=True)
+  unique = np.asarray(dataset.index_to_factors(unique_index))
+  batch = max(1, min(images_per_call, len(unique)))
   encode = _batch_encoder(representation_fn, dataset, batch)
   codes = []
-  for start in range(0, len(flat), batch):
-    chunk = flat[start : start + batch]
+  for start in range(0, len(unique), batch):
+    chunk = unique[start : start + batch]
     padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
     codes.append(np.asarray(encode(padded))[: len(chunk)])
-  codes = np.concatenate(codes).astype(np.float64)
+  codes = np.concatenate(codes).astype(np.float64)[inverse.reshape(-1)]
   return codes.reshape(*factors.shape[:-1], codes.shape[-1])
 
 
+def encode_all(
+    representation_fn: RepresentationFn,
+    dataset: ground_truth.GroundTruthData,
+    factor_arrays: list[np.ndarray],
+    images_per_call: int = DEFAULT_IMAGES_PER_CALL,
+) -> list[np.ndarray]:
+  """`encode_factors` of several arrays, encoding their union's images once."""
+  flats = [np.asarray(f).reshape(-1, np.shape(f)[-1]) for f in factor_arrays]
+  codes = encode_factors(representation_fn, dataset, np.concatenate(flats), images_per_call)
+  splits = np.cumsum([len(f) for f in flats])[:-1]
+  return [c.reshape(*np.shape(f)[:-1], c.shape[-1])
+          for c, f in zip(np.split(codes, splits), factor_arrays)]
+
+
+@functools.lru_cache(maxsize=16)  # One compilation per (function, data set, batch).
 def _batch_encoder(representation_fn, dataset, batch_size):
   @jax.jit
   def encode(factors):

@@ -166,27 +166,26 @@ def _grow_trees(inputs_t, residuals, initial_order, max_depth):
   positions = jnp.arange(num_samples)
   trees = jnp.arange(num_trees)[:, None]
   order = initial_order
+  feature_offsets = (jnp.arange(num_features) * num_samples)[None, :, None]
   node_of_sample = jnp.zeros((num_trees, num_samples), jnp.int32)
   features_per_level, thresholds_per_level = [], []
   gain_per_feature = jnp.zeros((num_features,), jnp.float32)
   for depth in range(max_depth):
     num_nodes = 2**depth
-    segment_ids = node_of_sample + trees * num_nodes  # Unique per (tree, node).
-    node_stats = lambda values, op=jax.ops.segment_sum: op(
-        values.reshape(-1), segment_ids.reshape(-1), num_trees * num_nodes
-    ).reshape(num_trees, num_nodes)
+    node_stats = lambda values, reduce=jnp.sum, fill=0.0: _per_node(
+        values, node_of_sample, num_nodes, reduce, fill)
     counts = node_stats(jnp.ones_like(residuals))
     sums = node_stats(residuals)
     # A node whose residuals are all equal has zero impurity: a leaf.
-    spread = (node_stats(residuals, jax.ops.segment_max)
-              - node_stats(residuals, jax.ops.segment_min))
+    spread = (node_stats(residuals, jnp.max, -jnp.inf)
+              - node_stats(residuals, jnp.min, jnp.inf))
     starts = jnp.cumsum(counts, axis=1) - counts  # First position of each node.
     prior_sums = jnp.cumsum(sums, axis=1) - sums  # Residuals of earlier nodes.
 
     # Everything below is laid out [T, F, N] along the (node, value) order.
     sorted_residuals = jnp.take_along_axis(residuals[:, None, :], order, axis=2)
-    sorted_values = jnp.take_along_axis(
-        jnp.broadcast_to(inputs_t, (num_trees, *inputs_t.shape)), order, axis=2)
+    sorted_values = jnp.take(  # inputs_t[f, order[t, f, n]], without a broadcast.
+        inputs_t.reshape(-1), order + feature_offsets, mode="clip")
     sorted_nodes = jnp.take_along_axis(node_of_sample, order[:, 0, :], axis=1)
     take_node = lambda stat: jnp.take_along_axis(stat, sorted_nodes, axis=1)[:, None, :]
     # Left child = the node's samples up to and including this position.
@@ -212,14 +211,11 @@ def _grow_trees(inputs_t, residuals, initial_order, max_depth):
     # position within each node's segment (ties: lowest position, feature).
     best_feature_at = jnp.argmax(gain, axis=1)  # [T, N]
     best_gain_at = jnp.max(gain, axis=1)
-    flat_segments = (sorted_nodes + trees * num_nodes).reshape(-1)
-    best_gain = jax.ops.segment_max(
-        best_gain_at.reshape(-1), flat_segments, num_trees * num_nodes
-    ).reshape(num_trees, num_nodes)
+    best_gain = _per_node(best_gain_at, sorted_nodes, num_nodes, jnp.max, -jnp.inf)
     is_best = best_gain_at == jnp.take_along_axis(best_gain, sorted_nodes, axis=1)
-    best_position = jax.ops.segment_min(
-        jnp.where(is_best, positions, num_samples).reshape(-1), flat_segments,
-        num_trees * num_nodes).reshape(num_trees, num_nodes)
+    best_position = _per_node(
+        jnp.where(is_best, positions, num_samples), sorted_nodes, num_nodes, jnp.min,
+        num_samples)
     splits = best_gain >= 0
     best_position = jnp.minimum(best_position, num_samples - 1)
     feature = jnp.take_along_axis(best_feature_at, best_position, axis=1)
@@ -250,6 +246,16 @@ def _grow_trees(inputs_t, residuals, initial_order, max_depth):
   tree = (jnp.concatenate(features_per_level, axis=1),
           jnp.concatenate(thresholds_per_level, axis=1))
   return tree, node_of_sample, gain_per_feature
+
+
+def _per_node(values, nodes, num_nodes, reduce, fill):
+  """`reduce` of `values` [T, N] over the samples of each node: [T, num_nodes].
+
+  A dense masked reduction: with at most 2**depth nodes it is several times
+  faster on XLA:CPU than a segment reduction, which lowers to a scatter.
+  """
+  mask = nodes[:, None, :] == jnp.arange(num_nodes)[None, :, None]
+  return reduce(jnp.where(mask, values[:, None, :], fill), axis=-1)
 
 
 def _stable_partition(order, goes_right, sorted_nodes, starts, left_counts):
@@ -293,11 +299,7 @@ def _newton_leaf_values(residuals, hessians, leaf_of_sample, num_leaves, scale):
   scikit-learn sets a leaf to zero when its hessian sum is (nearly) zero,
   i.e. when every probability in it is exactly 0 or 1.
   """
-  num_trees = residuals.shape[0]
-  segment_ids = (leaf_of_sample + jnp.arange(num_trees)[:, None] * num_leaves).reshape(-1)
-  leaf_sum = lambda values: jax.ops.segment_sum(
-      values.reshape(-1), segment_ids, num_trees * num_leaves
-  ).reshape(num_trees, num_leaves)
+  leaf_sum = lambda values: _per_node(values, leaf_of_sample, num_leaves, jnp.sum, 0.0)
   numerator, denominator = leaf_sum(residuals), leaf_sum(hessians)
   tiny = denominator < np.finfo(np.float32).tiny
   return jnp.where(tiny, 0.0, scale * numerator / jnp.where(tiny, 1.0, denominator))
