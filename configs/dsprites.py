@@ -22,6 +22,8 @@ Presets (`preset=...`) and their time on a 2-core CPU (see the README):
 
 import ml_collections
 
+from msdr_jax import evaluation
+
 PRESETS = ("paper", "long", "quick", "tiny")
 
 
@@ -120,13 +122,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 5_000
   config.max_checkpoints_to_keep = 2
 
-  config.eval = ml_collections.ConfigDict()
-  config.eval.num_points = 10_000  # MIG and reconstruction statistics.
-  config.eval.batch_size = 1_000
-  config.eval.mig_bins = 20
-  config.eval.traversal_steps = 10
-  config.eval.traversal_range = 2.5  # Latents swept over +-range around 0.
-  config.eval.active_variance_threshold = 0.01
+  # Reconstruction statistics, figures, the disentanglement suite with
+  # disentanglement_lib's study defaults, and FID/KID of samples.
+  config.eval = evaluation.default_config()
 
   if preset in ("long", "quick"):
     # Fewer, larger steps: disentanglement_lib's 1e-4 is tuned for 300k steps.
@@ -149,4 +147,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.eval.num_points = 400
     config.eval.batch_size = 200
     config.eval.traversal_steps = 5
+    metric_settings = config.eval.disentanglement
+    metric_settings.num_train, metric_settings.num_test = 400, 200
+    metric_settings.beta_vae.update(batch_size=8, num_train=100, num_eval=50)
+    metric_settings.factor_vae.update(
+        batch_size=8, num_train=100, num_eval=50, num_variance_estimate=400)
+    config.eval.sample_quality.num_samples = 200
+    config.eval.sample_quality.kid_subset_size = 100
   return config

@@ -138,10 +138,56 @@ def validate(config: ml_collections.ConfigDict) -> None:
       lambda v: v >= config.eval.batch_size and v % config.eval.batch_size == 0,
       f"a positive multiple of config.eval.batch_size={config.eval.batch_size}",
   )
-  _check_number(config, "eval.mig_bins", int, lambda v: v >= 2, ">= 2")
   _check_number(config, "eval.traversal_steps", int, lambda v: v >= 2, ">= 2")
   _check_number(config, "eval.traversal_range", float, *positive)
   _check_number(config, "eval.active_variance_threshold", float, *non_negative)
+  _validate_evaluation(config)
+
+
+def _validate_evaluation(config) -> None:
+  """The metric suite's and the sample-quality settings of `config.eval`."""
+  from msdr_jax import image_metrics  # pylint: disable=g-import-not-at-top
+  from msdr_jax.metrics import dci  # pylint: disable=g-import-not-at-top
+  from msdr_jax.metrics import suite  # pylint: disable=g-import-not-at-top
+
+  names = _get(config, "eval.disentanglement.metrics")
+  try:
+    suite.parse_metrics(names if isinstance(names, str) else "")
+  except ValueError as e:
+    raise ConfigError(f"config.eval.disentanglement.metrics={names!r}: {e}") from e
+  if not isinstance(names, str):
+    raise ConfigError(
+        f"config.eval.disentanglement.metrics={names!r} must be a comma-separated "
+        f"string of {list(suite.METRICS)}.")
+  at_least = lambda low: (lambda v: v >= low, f">= {low}")
+  for key, low in (("num_train", 2), ("num_test", 1), ("histogram_bins", 2),
+                   ("beta_vae.batch_size", 1), ("beta_vae.num_train", 2),
+                   ("beta_vae.num_eval", 1), ("factor_vae.batch_size", 2),
+                   ("factor_vae.num_train", 1), ("factor_vae.num_eval", 1),
+                   ("factor_vae.num_variance_estimate", 2)):
+    _check_number(config, f"eval.disentanglement.{key}", int, *at_least(low))
+  _check_number(config, "eval.disentanglement.factor_vae.prune_threshold", float,
+                lambda v: v >= 0, ">= 0")
+  _check_choice(config, "eval.disentanglement.dci_learner", dci.LEARNERS)
+  if not isinstance(_get(config, "eval.disentanglement.sap_continuous_factors"), bool):
+    raise ConfigError(
+        "config.eval.disentanglement.sap_continuous_factors must be True or False.")
+  num_samples = _get(config, "eval.sample_quality.num_samples")
+  _check_number(config, "eval.sample_quality.num_samples", int,
+                lambda v: v == 0 or v >= 2, "0 (no FID/KID) or >= 2")
+  if num_samples:
+    _check_choice(config, "eval.sample_quality.feature_extractor",
+                  image_metrics.FEATURE_EXTRACTORS)
+    _check_number(config, "eval.sample_quality.kid_subset_size", int, *at_least(2))
+    _check_number(config, "eval.sample_quality.kid_num_subsets", int, *at_least(1))
+    weights = _get(config, "eval.sample_quality.inception_weights")
+    if config.eval.sample_quality.feature_extractor == "inception_v3" and not (
+        isinstance(weights, str) and os.path.isfile(weights)):
+      raise ConfigError(
+          f"config.eval.sample_quality.inception_weights={weights!r} is not a file; "
+          "the inception_v3 extractor needs a local .npz of pytorch-fid's weights "
+          "(make it with experiments/convert_inception_weights.py on a connected "
+          "machine), or use --config.eval.sample_quality.feature_extractor=random_conv.")
 
 
 def _validate_stage_two(config, families, train) -> None:

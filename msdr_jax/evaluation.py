@@ -5,8 +5,12 @@ Writes into the work directory:
                          reconstructions.
   traversals.png      -- one row per latent: the latent swept over
                          [-range, range] with the others at an image's code.
-  metrics.json        -- reconstruction error, KL, TC, active latents, MIG;
-                         with a stage two, also the `multi_stage/...` keys.
+  metrics.json        -- reconstruction (BCE, squared error, PSNR, SSIM), KL,
+                         TC, active latents, the disentanglement suite
+                         (`metrics.suite`: MIG, DCI, SAP, modularity and
+                         explicitness, BetaVAE and FactorVAE scores) and the
+                         samples' FID/KID; with a stage two, also the
+                         `multi_stage/...` keys.
 With a stage two:
   side_by_side.png          -- input | stage-one | multi-stage reconstruction.
   traversals_multi_stage.png -- the combined model's traversals, w held fixed.
@@ -26,15 +30,41 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from msdr_jax import image_metrics
 from msdr_jax import losses
 from msdr_jax import metrics
 from msdr_jax import multi_stage
 from msdr_jax import visualize
 from msdr_jax import writers
 from msdr_jax.data import ground_truth
+from msdr_jax.metrics import suite
 from msdr_jax.models import vae
 
 _NUM_SHOWN = 16
+# Streams folded into the evaluation key, independent of the batches' keys.
+_SUITE_STREAM, _REAL_IMAGES_STREAM, _SAMPLES_STREAM = 2**20, 2**20 + 1, 2**20 + 2
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """`config.eval` at full scale, with disentanglement_lib's metric defaults."""
+  config = ml_collections.ConfigDict()
+  # Reconstruction statistics, KL, TC and active latents.
+  config.num_points = 10_000
+  config.batch_size = 1_000
+  config.traversal_steps = 10
+  config.traversal_range = 2.5  # Latents swept over +-range around 0.
+  config.active_variance_threshold = 0.01
+  config.disentanglement = suite.default_settings()
+  config.sample_quality = ml_collections.ConfigDict()
+  # Generated and real images for FID and KID; 0 skips them.
+  config.sample_quality.num_samples = 10_000
+  config.sample_quality.feature_extractor = "random_conv"
+  # A local .npz of pytorch-fid's Inception weights, for "inception_v3"
+  # (made by experiments/convert_inception_weights.py).
+  config.sample_quality.inception_weights = ""
+  config.sample_quality.kid_subset_size = 1_000
+  config.sample_quality.kid_num_subsets = 100
+  return config
 
 
 def _make_eval_batch(model, dataset, stage_config, batch_size: int):
@@ -57,6 +87,8 @@ def _make_eval_batch(model, dataset, stage_config, batch_size: int):
         "factors": factors,
         "bce": losses.bernoulli_nll(out.decoder_output, images),
         "mse": per_image((recon - images) ** 2),
+        "psnr": image_metrics.psnr(images, recon),
+        "ssim": image_metrics.ssim(images, recon),
         "kl_per_latent": losses.kl_to_standard_normal(out.mean, out.log_var),
         "tc": terms["tc"],
     }
@@ -115,7 +147,7 @@ def evaluate_stage_one(
       for i in range(num_batches)
   ]
   cat = lambda name: np.concatenate([b[name] for b in batches])
-  means, factors = cat("mean"), cat("factors")
+  means = cat("mean")
   kl_per_latent = cat("kl_per_latent").mean(0)
   mean_variance = means.var(0)
   active = mean_variance > eval_config.active_variance_threshold
@@ -125,6 +157,8 @@ def evaluate_stage_one(
       "num_points": int(eval_config.num_points),
       "reconstruction_bce": float(cat("bce").mean()),
       "reconstruction_mse": float(cat("mse").mean()),
+      "reconstruction_psnr": float(cat("psnr").mean()),
+      "reconstruction_ssim": float(cat("ssim").mean()),
       "kl": float(kl_per_latent.sum()),
       "kl_per_latent": kl_per_latent.tolist(),
       "tc": float(np.mean([b["tc"] for b in batches])),
@@ -134,8 +168,17 @@ def evaluate_stage_one(
       "active_latents": int(active.sum()),
       "latent_mean_variance": mean_variance.tolist(),
   }
-  results.update(metrics.mutual_information_gap(means, factors, eval_config.mig_bins))
-  results["mig_factors"] = list(dataset.factor_names)
+  encode_mean = lambda images: model.apply(
+      {"params": params}, images, method=vae.VAE.encode)[0]
+  results.update(suite.evaluate(
+      encode_mean, dataset, jax.random.fold_in(rng, _SUITE_STREAM),
+      eval_config.disentanglement))
+  results["metric_factors"] = list(dataset.factor_names)
+  decode_mean = lambda codes: losses.decoder_mean(
+      model.apply({"params": params}, codes, method=vae.VAE.decode))
+  results.update(sample_quality(
+      eval_config, dataset, rng,
+      lambda key, num: decode_mean(jax.random.normal(key, (num, model.latent_dim)))))
 
   workdir_path = epath.Path(workdir)
   first = batches[0]
@@ -159,11 +202,59 @@ def evaluate_stage_one(
   })
   write_json(workdir_path / "metrics.json", results)
   logging.info(
-      "Evaluation: BCE %.2f  MSE %.2f  KL %.2f  TC %.3f  active %d  MIG %.3f",
+      "Evaluation: BCE %.2f  MSE %.2f  PSNR %.2f  SSIM %.3f  KL %.2f  TC %.3f  "
+      "active %d  %s",
       results["reconstruction_bce"], results["reconstruction_mse"],
-      results["kl"], results["tc"], results["active_latents"], results["mig"],
+      results["reconstruction_psnr"], results["reconstruction_ssim"],
+      results["kl"], results["tc"], results["active_latents"],
+      "  ".join(f"{key} {results[key]:.3f}" for key in _HEADLINE if key in results),
   )
   return results
+
+
+# The scores the log line shows (all of them are in metrics.json).
+_HEADLINE = ("mig", "dci/disentanglement", "sap", "modularity",
+             "beta_vae/eval_accuracy", "factor_vae/eval_accuracy",
+             "sample_quality/fid")
+
+
+def sample_quality(
+    eval_config: ml_collections.ConfigDict,
+    dataset: ground_truth.GroundTruthData,
+    rng: jax.Array,
+    generate,
+    prefix: str = "sample_quality",
+) -> dict[str, Any]:
+  """FID and KID of `generate(key, num) -> images` against the data set.
+
+  The real images depend on `rng` only, so every model evaluated with the
+  same key is compared with the same real images. Empty when
+  `eval_config.sample_quality.num_samples` is 0.
+  """
+  config = eval_config.sample_quality
+  if not config.num_samples:
+    return {}
+  extractor = image_metrics.make_feature_extractor(
+      config.feature_extractor, config.inception_weights or None)
+  batch_size = min(eval_config.batch_size, config.num_samples)
+  num_batches = -(-config.num_samples // batch_size)
+  real_rng = jax.random.fold_in(rng, _REAL_IMAGES_STREAM)
+  sample_rng = jax.random.fold_in(rng, _SAMPLES_STREAM)
+  real_batch = jax.jit(lambda key: dataset.sample(key, batch_size)[0])
+  generated_batch = jax.jit(lambda key: generate(key, batch_size))
+  collect = lambda make, key: np.concatenate([
+      np.asarray(make(jax.random.fold_in(key, i))) for i in range(num_batches)
+  ])[: config.num_samples]
+  scores = image_metrics.sample_quality(
+      collect(real_batch, real_rng), collect(generated_batch, sample_rng), extractor,
+      batch_size=min(256, config.num_samples),
+      kid_num_subsets=config.kid_num_subsets,
+      kid_subset_size=min(config.kid_subset_size, config.num_samples))
+  return {
+      **{f"{prefix}/{name}": value for name, value in scores.items()},
+      f"{prefix}/feature_extractor": config.feature_extractor,
+      f"{prefix}/num_samples": int(config.num_samples),
+  }
 
 
 def _make_multi_stage_eval_batch(model: multi_stage.MultiStageModel, dataset, batch_size):
@@ -199,6 +290,12 @@ def _make_multi_stage_eval_batch(model: multi_stage.MultiStageModel, dataset, ba
         "codes": codes,
         "stage1_mse": per_image((cond.image - images) ** 2),
         "mse": per_image((reconstructions - images) ** 2),
+        "stage1_bce": image_metrics.bernoulli_cross_entropy(images, cond.image),
+        "bce": image_metrics.bernoulli_cross_entropy(images, reconstructions),
+        "stage1_psnr": image_metrics.psnr(images, cond.image),
+        "psnr": image_metrics.psnr(images, reconstructions),
+        "stage1_ssim": image_metrics.ssim(images, cond.image),
+        "ssim": image_metrics.ssim(images, reconstructions),
         "family": family_metrics,
         "recovered_codes": encode(generated),
         "stage1_recovered_codes": encode(cond.image),
@@ -260,10 +357,11 @@ def evaluate_multi_stage(
   # the frozen encoder alone, so every disentanglement metric is unchanged.
   if not np.array_equal(codes, stage1_codes):
     raise AssertionError("The multi-stage code differs from stage one's encoder mean.")
-  mig = metrics.mutual_information_gap(codes, factors, eval_config.mig_bins)
-  stage1_mig = metrics.mutual_information_gap(stage1_codes, factors, eval_config.mig_bins)
-  if not mig["mig"] == stage1_mig["mig"] == stage1_results["mig"]:
-    raise AssertionError(f"MIG changed: {mig['mig']}, {stage1_results['mig']}")
+  bins = eval_config.disentanglement.histogram_bins
+  mig = metrics.mutual_information_gap(codes, factors, bins)
+  stage1_mig = metrics.mutual_information_gap(stage1_codes, factors, bins)
+  if mig["mig"] != stage1_mig["mig"]:
+    raise AssertionError(f"MIG changed: {mig['mig']}, {stage1_mig['mig']}")
 
   active = np.asarray(stage1_results["latent_mean_variance"]) > (
       eval_config.active_variance_threshold)
@@ -271,6 +369,9 @@ def evaluate_multi_stage(
   stage1_fidelity = metrics.conditioning_fidelity(
       codes, cat("stage1_recovered_codes"), active)
   mse, stage1_mse = float(cat("mse").mean()), float(cat("stage1_mse").mean())
+  reconstruction = {
+      f"multi_stage/{prefix}reconstruction_{name}": float(cat(prefix + name).mean())
+      for prefix in ("", "stage1_") for name in ("bce", "psnr", "ssim")}
   family_metrics = {
       name: float(np.mean([b["family"][name] for b in batches]))
       for name in batches[0]["family"]
@@ -283,7 +384,10 @@ def evaluate_multi_stage(
       "multi_stage/stage1_reconstruction_mse": stage1_mse,
       # None when the reconstruction is exact (MS-Flow is a bijection).
       "multi_stage/mse_ratio": stage1_mse / mse if mse > 0 else None,
-      "multi_stage/mig": mig["mig"],
+      **reconstruction,
+      # The combined model's code is stage one's encoder mean (asserted above),
+      # so every disentanglement score is stage one's.
+      "multi_stage/mig": stage1_results.get("mig"),
       # None (null in the JSON), not NaN, when no latent is active.
       "multi_stage/conditioning_fidelity_r2": fidelity["r2"],
       "multi_stage/conditioning_fidelity_r2_variance_weighted": (
@@ -294,6 +398,10 @@ def evaluate_multi_stage(
           stage1_fidelity["r2_variance_weighted"]),
       **{f"stage2/{name}": value for name, value in family_metrics.items()},
   })
+  # With stage one's key: the same real images as stage one's FID and KID.
+  results.update(sample_quality(
+      eval_config, dataset, stage1_rng,
+      lambda key, num: model.sample(params, key, num), "multi_stage/sample_quality"))
 
   workdir_path = epath.Path(workdir)
   first = batches[0]
@@ -327,6 +435,13 @@ def evaluate_multi_stage(
       _rounded(fidelity["r2_variance_weighted"]), _rounded(stage1_fidelity["r2"]),
       _rounded(stage1_fidelity["r2_variance_weighted"]), int(active.sum()),
   )
+  if "multi_stage/sample_quality/fid" in results:
+    logging.info("Multi-stage samples: FID %.3f, KID %.4f (stage one's: FID %.3f, "
+                 "KID %.4f; %s features)",
+                 results["multi_stage/sample_quality/fid"],
+                 results["multi_stage/sample_quality/kid"],
+                 results["sample_quality/fid"], results["sample_quality/kid"],
+                 results["sample_quality/feature_extractor"])
   return results
 
 

@@ -285,6 +285,27 @@ def load_stage_one(
   return restored.params, step
 
 
+def load_stage_two(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    image_shape: tuple[int, int, int],
+    stage1_params: Any,
+) -> tuple[Any, int] | None:
+  """(params, step) of the latest stage-two checkpoint in `workdir`, or None."""
+  path = epath.Path(workdir).absolute() / STAGE_TWO_CHECKPOINTS
+  if not path.is_dir():
+    return None
+  state = create_stage_two_state(config, image_shape, stage1_params, jax.random.PRNGKey(0))
+  manager = ocp.CheckpointManager(
+      path, options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+  try:
+    restored = restore_or_create_state(manager, state)
+  finally:
+    manager.close()
+  step = int(restored.step)
+  return (restored.params, step) if step else None
+
+
 def _first_nonfinite(
     pending: list[tuple[int, Metrics]],
 ) -> tuple[int, str, float] | None:

@@ -1,0 +1,142 @@
+r"""Evaluates a trained run again: the metric suite, FID/KID and figures.
+
+  python -m msdr_jax.evaluate --workdir=runs/dsprites-quick-1a2b3c4d
+  python -m msdr_jax.evaluate --workdir=runs/x --metrics=mig,dci
+  python -m msdr_jax.evaluate --workdir=runs/x \
+      --feature_extractor=inception_v3 --inception_weights=pt_inception.npz
+
+Reads the run's `config.json`, restores the latest stage-one checkpoint (the
+run's own, or the one its `config.stage1.checkpoint` names) and, when the run
+trained one, the latest stage-two checkpoint, then computes what the main
+job's evaluation computes and rewrites `metrics.json` and the figures. The
+checkpoints are opened read-only. Evaluation settings absent from an older
+`config.json` take the defaults of `evaluation.default_config()`; the flags
+override the recorded ones.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from etils import epath
+import jax
+import ml_collections
+
+from msdr_jax import configuration
+from msdr_jax import data
+from msdr_jax import evaluation
+from msdr_jax import families
+from msdr_jax import train
+from msdr_jax import writers
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run directory to evaluate.")
+_METRICS = flags.DEFINE_string(
+    "metrics", None,
+    "Comma-separated disentanglement metrics (mig,dci,sap,modularity,beta_vae,"
+    "factor_vae), or 'none'; default: the run's config.")
+_FEATURE_EXTRACTOR = flags.DEFINE_string(
+    "feature_extractor", None, "FID/KID features: random_conv or inception_v3.")
+_INCEPTION_WEIGHTS = flags.DEFINE_string(
+    "inception_weights", None, "Local .npz of pytorch-fid's Inception weights.")
+_NUM_SAMPLES = flags.DEFINE_integer(
+    "num_samples", None, "Images for FID/KID (0 skips them).")
+flags.mark_flags_as_required(["workdir"])
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run recorded, with evaluation defaults for missing keys."""
+  path = epath.Path(workdir) / configuration.CONFIG_FILENAME
+  if not path.exists():
+    raise configuration.RunDirectoryError(
+        f"{workdir} is not a run directory: it has no {configuration.CONFIG_FILENAME}. "
+        "Pass the --workdir of a run of msdr_jax.main.")
+  try:
+    recorded = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise configuration.RunDirectoryError(
+        f"Cannot read {path} ({type(e).__name__}: {e}).") from e
+  eval_config = evaluation.default_config()
+  eval_config.update_from_flattened_dict(
+      {k: v for k, v in _flatten(recorded.pop("eval", {})).items()
+       if _has_key(eval_config, k)})
+  config = ml_collections.ConfigDict(recorded)
+  config.eval = eval_config
+  return config
+
+
+def _flatten(tree, prefix=""):
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
+def _has_key(config: ml_collections.ConfigDict, dotted: str) -> bool:
+  node = config
+  for part in dotted.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
+def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Evaluates the latest checkpoints of the run in `workdir`."""
+  configuration.validate(config)
+  dataset = data.get_dataset(config.data)
+  shape = dataset.observation_shape
+  stage_one_source = config.stage1.checkpoint or workdir
+  loading = config.copy_and_resolve_references()
+  loading.stage1.checkpoint = stage_one_source
+  stage1_params, stage1_step = train.load_stage_one(loading, shape)
+  logging.info("Evaluating stage one (step %d) of %s.", stage1_step, stage_one_source)
+  stage1_key = train.rng_streams(config.seed)[2]
+  with writers.MetricWriter(workdir) as writer:
+    results = evaluation.evaluate_stage_one(
+        config, workdir, dataset, stage1_params, stage1_step, stage1_key, writer)
+    if config.stage2.family == families.NO_STAGE_TWO:
+      return results
+    stage_two = train.load_stage_two(config, workdir, shape, stage1_params)
+    if stage_two is None:
+      logging.warning("%s holds no stage-two checkpoint; evaluated stage one only.",
+                      workdir)
+      return results
+    params, step = stage_two
+    return evaluation.evaluate_multi_stage(
+        config, workdir, dataset, {"stage1": stage1_params, "stage2": params}, step,
+        stage1_key, train.rng_streams(config.seed, stage=2)[2], writer, results)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  writers.hide_library_info_logs()
+  workdir = _WORKDIR.value
+  try:
+    config = load_run_config(workdir)
+    overrides = {
+        "eval.disentanglement.metrics": _METRICS.value,
+        "eval.sample_quality.feature_extractor": _FEATURE_EXTRACTOR.value,
+        "eval.sample_quality.inception_weights": _INCEPTION_WEIGHTS.value,
+        "eval.sample_quality.num_samples": _NUM_SAMPLES.value,
+    }
+    config.update_from_flattened_dict(
+        {key: value for key, value in overrides.items() if value is not None})
+    logging.info("JAX devices: %s", jax.devices())
+    evaluate_run(config, workdir)
+  except (configuration.ConfigError, configuration.RunDirectoryError, ValueError) as e:
+    print(f"msdr_jax.evaluate: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+  print(f"msdr_jax.evaluate: metrics in {epath.Path(workdir) / 'metrics.json'}",
+        flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
