@@ -93,6 +93,11 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   dataset = data.get_dataset(config.data)
   shape = dataset.observation_shape
   stage_one_source = config.stage1.checkpoint or workdir
+  if not config.stage1.checkpoint and not (
+      epath.Path(workdir) / train.STAGE_ONE_CHECKPOINTS).is_dir():
+    raise configuration.RunDirectoryError(
+        f"{workdir} holds no stage-one checkpoint (no {train.STAGE_ONE_CHECKPOINTS}/ "
+        "directory): train the run with msdr_jax.main first.")
   loading = config.copy_and_resolve_references()
   loading.stage1.checkpoint = stage_one_source
   stage1_params, stage1_step = train.load_stage_one(loading, shape)

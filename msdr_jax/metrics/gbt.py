@@ -76,9 +76,9 @@ def fit(
   if len(classes) < 2:
     raise ValueError(
         f"Gradient boosting needs at least two classes; every label is {classes[0]}.")
-  # The decision stage sorts each feature once; argsort in numpy is stable,
-  # so equal values keep sample order, as in scikit-learn's introsort-free
-  # path for ties (ties never change the statistics of a split anyway).
+  # Each feature is sorted once, here; the trees only ever partition this
+  # order stably. (The order among equal values is irrelevant: a split never
+  # falls between them.)
   order = np.argsort(inputs, axis=0, kind="stable").T.astype(np.int32)
   initial_raw, features, thresholds, leaf_values, importances = _fit(
       jnp.asarray(inputs), jnp.asarray(encoded, jnp.int32), jnp.asarray(order),
@@ -164,7 +164,6 @@ def _grow_trees(inputs_t, residuals, initial_order, max_depth):
   num_trees, num_samples = residuals.shape
   num_features = inputs_t.shape[0]
   positions = jnp.arange(num_samples)
-  trees = jnp.arange(num_trees)[:, None]
   order = initial_order
   feature_offsets = (jnp.arange(num_features) * num_samples)[None, :, None]
   node_of_sample = jnp.zeros((num_trees, num_samples), jnp.int32)
