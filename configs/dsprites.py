@@ -148,6 +148,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.eval.batch_size = 200
     config.eval.traversal_steps = 5
     metric_settings = config.eval.disentanglement
+    # DCI's 100 boosting stages per factor dominate a smoke run's evaluation
+    # (mostly compilation); tests/evaluate_cli_test.py runs it on tiny too.
+    metric_settings.metrics = "mig,sap,modularity,beta_vae,factor_vae"
     metric_settings.num_train, metric_settings.num_test = 400, 200
     metric_settings.beta_vae.update(batch_size=8, num_train=100, num_eval=50)
     metric_settings.factor_vae.update(

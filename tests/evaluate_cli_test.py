@@ -33,7 +33,8 @@ def _evaluate(*args):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("run")
-  code, _, stderr = _run(TINY, f"--workdir={workdir}")
+  code, _, stderr = _run(TINY, f"--workdir={workdir}", "--config.eval.disentanglement"
+                         ".metrics=mig,dci,sap,modularity,beta_vae,factor_vae")
   assert code == 0, stderr[-3000:]
   return workdir
 

@@ -27,9 +27,9 @@ def test_readme_train_step_example_runs():
   readme = (REPO / "README.md").read_text()
   blocks = [
       re.search(rf"<!-- {name} -->\s*```python\n(.*?)```", readme, re.S)
-      for name in ("train-step-example", "stage-two-example")
+      for name in ("train-step-example", "stage-two-example", "metrics-example")
   ]
-  assert all(blocks), "README lost a train-step example"
+  assert all(blocks), "README lost a train-step or metrics example"
   namespace = {}
   for block in blocks:
     exec(compile(block.group(1), "README.md", "exec"), namespace)  # pylint: disable=exec-used
@@ -39,6 +39,10 @@ def test_readme_train_step_example_runs():
   assert int(namespace["state2"].step) == 3
   assert namespace["reconstructions"].shape == namespace["images"].shape
   assert namespace["samples"].shape == (8, 64, 64, 1)
+  scores = namespace["scores"]
+  assert sorted(k for k in scores if "/" not in k) == ["mig", "sap"]
+  assert all(np.isfinite(v) for v in scores.values())
+  assert "factor_vae/eval_accuracy" in scores
 
 
 def test_train_step_is_deterministic_and_learns():
