@@ -431,7 +431,7 @@ def evaluate_multi_stage(
       "Multi-stage evaluation: MSE %.3f (stage one %.2f)  MIG %.3f  "
       "fidelity R2 %s, variance-weighted %s (stage one's own %s, %s) on %d "
       "active latents",
-      mse, stage1_mse, mig["mig"], _rounded(fidelity["r2"]),
+      mse, stage1_mse, results["multi_stage/mig"], _rounded(fidelity["r2"]),
       _rounded(fidelity["r2_variance_weighted"]), _rounded(stage1_fidelity["r2"]),
       _rounded(stage1_fidelity["r2_variance_weighted"]), int(active.sum()),
   )

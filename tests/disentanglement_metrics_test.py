@@ -253,3 +253,20 @@ def test_suite_refuses_a_factor_with_a_single_value():
   settings = _small_settings()
   with pytest.raises(ValueError, match="single value"):
     metrics.evaluate(identity, FactorImages((3, 1)), 0, settings)
+
+
+def test_each_metric_draws_its_own_points_reproducibly(dataset):
+  scores = {
+      "mig": metrics.compute_mig(identity, dataset, 1, num_train=500),
+      "dci": metrics.compute_dci(identity, dataset, 1, num_train=300, num_test=100),
+      "sap": metrics.compute_sap(identity, dataset, 1, num_train=500, num_test=200,
+                                 continuous_factors=True),
+      "modularity": metrics.compute_modularity_explicitness(
+          identity, dataset, 1, num_train=500, num_test=200),
+  }
+  assert scores["mig"]["mig"] > 0.95
+  assert scores["dci"]["dci/disentanglement"] > 0.95
+  assert scores["sap"]["sap"] > 0.95
+  assert scores["modularity"]["modularity"] > 0.95
+  assert metrics.compute_mig(identity, dataset, 1, num_train=500) == scores["mig"]
+  assert metrics.compute_mig(identity, dataset, 2, num_train=500) != scores["mig"]

@@ -165,3 +165,16 @@ def sample_codes(
     raise ValueError(f"num_points must be >= 1, got {num_points}.")
   factors = np.asarray(dataset.sample_factors(rng, num_points))
   return encode_factors(representation_fn, dataset, factors, images_per_call), factors
+
+
+def sample_train_test(
+    representation_fn: RepresentationFn,
+    dataset: ground_truth.GroundTruthData,
+    seed: int | jax.Array,
+    num_train: int,
+    num_test: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """(train codes, train factors, test codes, test factors), independent draws."""
+  train_rng, test_rng = jax.random.split(as_key(seed))
+  return (*sample_codes(representation_fn, dataset, train_rng, num_train),
+          *sample_codes(representation_fn, dataset, test_rng, num_test))

@@ -118,7 +118,5 @@ def compute_dci(
     learner: str = "gbt",
 ) -> dict[str, float]:
   """DCI of `representation_fn` on points drawn from `dataset`."""
-  train_rng, test_rng = jax.random.split(data.as_key(seed))
-  train = data.sample_codes(representation_fn, dataset, train_rng, num_train)
-  test = data.sample_codes(representation_fn, dataset, test_rng, num_test)
-  return dci_scores(*train, *test, learner=learner)
+  return dci_scores(*data.sample_train_test(
+      representation_fn, dataset, seed, num_train, num_test), learner=learner)

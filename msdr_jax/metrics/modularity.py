@@ -110,7 +110,5 @@ def compute_modularity_explicitness(
     num_bins: int = 20,
 ) -> dict[str, float]:
   """Modularity and explicitness of `representation_fn` on `dataset`."""
-  train_rng, test_rng = jax.random.split(data.as_key(seed))
-  train = data.sample_codes(representation_fn, dataset, train_rng, num_train)
-  test = data.sample_codes(representation_fn, dataset, test_rng, num_test)
-  return modularity_explicitness(*train, *test, num_bins)
+  return modularity_explicitness(*data.sample_train_test(
+      representation_fn, dataset, seed, num_train, num_test), num_bins)

@@ -91,7 +91,5 @@ def compute_sap(
     continuous_factors: bool = False,
 ) -> dict[str, float]:
   """SAP of `representation_fn` on points drawn from `dataset`."""
-  train_rng, test_rng = jax.random.split(data.as_key(seed))
-  train = data.sample_codes(representation_fn, dataset, train_rng, num_train)
-  test = data.sample_codes(representation_fn, dataset, test_rng, num_test)
-  return sap_score(*train, *test, continuous_factors)
+  return sap_score(*data.sample_train_test(
+      representation_fn, dataset, seed, num_train, num_test), continuous_factors)
