@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,6 +110,9 @@ def encode_factors(
   index = np.asarray(dataset.factors_to_index(flat))
   unique_index, inverse = np.unique(index, return_inverse=True)
   unique = np.asarray(dataset.index_to_factors(unique_index))
+  if len(unique) > 10 * images_per_call:  # Worth a line in a long evaluation.
+    logging.info("Metrics: encoding %d distinct images (of %d drawn).",
+                 len(unique), len(index))
   batch = max(1, min(images_per_call, len(unique)))
   encode = _batch_encoder(representation_fn, dataset, batch)
   codes = []
