@@ -160,7 +160,7 @@ def _validate_evaluation(config) -> None:
         f"config.eval.disentanglement.metrics={names!r} must be a comma-separated "
         f"string of {list(suite.METRICS)}.")
   at_least = lambda low: (lambda v: v >= low, f">= {low}")
-  for key, low in (("num_train", 2), ("num_test", 1), ("histogram_bins", 2),
+  for key, low in (("num_train", 2), ("num_test", 2), ("histogram_bins", 2),
                    ("beta_vae.batch_size", 1), ("beta_vae.num_train", 2),
                    ("beta_vae.num_eval", 1), ("factor_vae.batch_size", 2),
                    ("factor_vae.num_train", 1), ("factor_vae.num_eval", 1),

@@ -149,3 +149,45 @@ def test_dci_degenerate_inputs_fail_clearly(factor_sets):
     dci.dci_scores(codes, train, test.astype(float), test, learner="xgboost")
   with pytest.raises(ValueError, match="at least 2 points"):
     dci.dci_scores(codes[:1], train[:1], codes[:1], train[:1])
+
+
+def test_a_duplicated_latent_shares_the_importance_as_in_scikit_learn(factor_sets):
+  # A copy (here scaled) of a latent ties with it at every node; both
+  # learners break such ties at random, so the pair shares the importance
+  # instead of the first copy taking it all.
+  train, test = factor_sets
+  rng = np.random.default_rng(5)
+  codes = train + 0.5 * rng.normal(size=train.shape)
+  test_codes = test + 0.5 * rng.normal(size=test.shape)
+  codes = np.concatenate([codes, 2 * codes[:, :1]], axis=1)
+  test_codes = np.concatenate([test_codes, 2 * test_codes[:, :1]], axis=1)
+  importance = gbt.fit(codes, train[:, 0]).feature_importances
+  assert 0.25 < importance[0] / (importance[0] + importance[3]) < 0.75
+  ours = dci.dci_scores(codes, train, test_codes, test)
+  reference = dci.dci_scores(codes, train, test_codes, test, learner="sklearn")
+  assert ours["dci/completeness"] == pytest.approx(reference["dci/completeness"], abs=0.03)
+
+
+def test_gradient_boosting_keeps_stepping_when_probabilities_saturate():
+  # One sample of class 2: after a few stages its probability rounds to 1
+  # in float32. scikit-learn (float64) still takes Newton steps for it, and
+  # so must we (1 - p is computed directly, not as 1 minus a rounded 1).
+  rng = np.random.default_rng(0)
+  inputs = rng.normal(size=(200, 2)).astype(np.float32)
+  labels = (inputs[:, 0] > 0).astype(int)
+  lonely = np.argmax(inputs[:, 1])
+  labels[lonely] = 2
+  reference = ensemble.GradientBoostingClassifier(random_state=0).fit(inputs, labels)
+  ours = gbt.fit(inputs, labels)
+  np.testing.assert_array_equal(gbt.predict(ours, inputs), reference.predict(inputs))
+
+  def margin(num_stages):
+    raw = np.asarray(gbt._raw_predictions(  # pylint: disable=protected-access
+        ours.initial_raw, ours.features[:num_stages], ours.thresholds[:num_stages],
+        ours.leaf_values[:num_stages], inputs[lonely:lonely + 1]))[0]
+    return raw[2] - max(raw[0], raw[1])
+
+  staged = list(reference.staged_decision_function(inputs[lonely:lonely + 1]))
+  for num_stages in (25, 50, 100):  # p rounds to 1 in float32 from ~17 on.
+    expected = staged[num_stages - 1][0]
+    assert margin(num_stages) == pytest.approx(expected[2] - max(expected[:2]), rel=1e-4)

@@ -109,27 +109,3 @@ def test_conditioning_fidelity_without_active_latents_or_with_bad_shapes():
   with pytest.raises(ValueError, match=r"must be \[N, K\], \[N, K\] and \[K\]"):
     metrics.conditioning_fidelity(codes, codes[:, :1], np.array([True, True]))
 
-
-def test_mig_of_noise_and_of_a_rotation_is_low():
-  factors = _factors(5_000, (3, 6, 10))
-  rng = np.random.default_rng(2)
-  assert metrics.mutual_information_gap(rng.normal(size=(5_000, 3)), factors)["mig"] < 0.02
-  rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-  rotated = metrics.mutual_information_gap(factors @ rotation, factors)["mig"]
-  assert rotated < 0.5
-
-
-def test_mig_degenerate_inputs_fail_clearly():
-  factors = _factors(100, (3, 4))
-  with pytest.raises(ValueError, match="single value"):
-    metrics.mutual_information_gap(np.ones((100, 3)), np.zeros((100, 2), int))
-  with pytest.raises(ValueError, match="NaN"):
-    metrics.mutual_information_gap(np.full((100, 3), np.nan), factors)
-  with pytest.raises(ValueError, match="at least two latents"):
-    metrics.mutual_information_gap(np.ones((100, 1)), factors)
-  with pytest.raises(ValueError, match="at least 2 points"):
-    metrics.mutual_information_gap(np.ones((1, 3)), factors[:1])
-  # A constant latent carries no information: a documented 0, not NaN.
-  constant = np.concatenate([factors.astype(float), np.zeros((100, 1))], axis=1)
-  np.testing.assert_allclose(
-      metrics.discrete_mutual_info(metrics.histogram_discretize(constant), factors)[-1], 0)

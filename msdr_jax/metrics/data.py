@@ -35,7 +35,8 @@ def int_seed(seed: int | jax.Array) -> int:
   """An integer for scikit-learn's `random_state` from either kind of seed."""
   if isinstance(seed, (int, np.integer)):
     return int(seed)
-  return int(jax.random.randint(seed, (), 0, 2**31 - 1))
+  # A stream of its own: the key itself also seeds the metrics' draws.
+  return int(jax.random.randint(jax.random.fold_in(seed, 2**31 - 1), (), 0, 2**31 - 1))
 
 
 def check_codes_and_factors(
@@ -138,7 +139,9 @@ def encode_all(
           for c, f in zip(np.split(codes, splits), factor_arrays)]
 
 
-@functools.lru_cache(maxsize=16)  # One compilation per (function, data set, batch).
+# One compilation per (function, data set, batch) within an evaluation; a
+# small cache, as each entry holds on to the function (and its parameters).
+@functools.lru_cache(maxsize=2)
 def _batch_encoder(representation_fn, dataset, batch_size):
   @jax.jit
   def encode(factors):

@@ -75,7 +75,8 @@ def factor_vae_score(
       raise ValueError(
           f"FactorVAE score got NaN or infinite {name} variances; the "
           "representation function must return finite values.")
-  active = np.sqrt(global_variances) >= prune_threshold
+  # A latent of zero variance is inactive even at threshold 0 (0/0 otherwise).
+  active = (global_variances > 0) & (np.sqrt(global_variances) >= prune_threshold)
   if not active.any():
     return {"factor_vae/train_accuracy": 0.0, "factor_vae/eval_accuracy": 0.0,
             "factor_vae/num_active_latents": 0.0}

@@ -20,12 +20,15 @@ stage grow at once, level by level, inside one jitted `lax.scan`:
 * importances: the squared-error decrease of every split, summed over all
   trees and normalised to sum to one (`feature_importances_`).
 
-What differs: scikit-learn visits the features of a node in a random order
-and keeps the first best split, so among exactly tied splits it picks one at
-random; here the tie goes to the lowest threshold position, then the lowest
-feature. Arithmetic is float32, where scikit-learn uses float64 for the
-split statistics. Neither matters beyond exact ties and rounding;
-`tests/dci_test.py` compares both learners on the same data.
+Exact ties: scikit-learn visits the features of a node in a random order and
+keeps the first best split, so among features whose best splits tie exactly
+(a duplicated latent, or one a monotone function of another, ties at every
+node) it picks one at random. Here every stage draws a random order of the
+features per tree from `seed`, with the same effect: a duplicated latent
+gets about half of the importance in both. Among tied positions of one
+feature both take the lowest. Arithmetic is float32, where scikit-learn
+uses float64 for the split statistics; `tests/dci_test.py` compares both
+learners on the same data.
 
 How a level is grown without sorting: each (tree, feature) keeps the sample
 order sorted by (node, feature value). A prefix sum along it gives, at every
@@ -46,6 +49,9 @@ import numpy as np
 
 # scikit-learn's `FEATURE_THRESHOLD`: feature values closer than this are one value.
 _FEATURE_THRESHOLD = 1e-7
+# scikit-learn's `EPSILON` (float64 machine epsilon): a node whose impurity
+# is at most this is a leaf.
+_IMPURITY_EPSILON = float(np.finfo(np.float64).eps)
 
 
 class BoostedTrees(NamedTuple):
@@ -65,8 +71,12 @@ def fit(
     num_stages: int = 100,
     learning_rate: float = 0.1,
     max_depth: int = 3,
+    seed: int = 0,
 ) -> BoostedTrees:
-  """Fits the classifier to `inputs` [N, F] and integer `labels` [N]."""
+  """Fits the classifier to `inputs` [N, F] and integer `labels` [N].
+
+  `seed` draws the feature order that breaks exact ties (see above).
+  """
   inputs = np.asarray(inputs, np.float32)
   classes, encoded = np.unique(np.asarray(labels), return_inverse=True)
   if inputs.ndim != 2 or encoded.shape != (inputs.shape[0],):
@@ -82,7 +92,7 @@ def fit(
   order = np.argsort(inputs, axis=0, kind="stable").T.astype(np.int32)
   initial_raw, features, thresholds, leaf_values, importances = _fit(
       jnp.asarray(inputs), jnp.asarray(encoded, jnp.int32), jnp.asarray(order),
-      num_classes=len(classes), num_stages=num_stages,
+      jax.random.key(seed), num_classes=len(classes), num_stages=num_stages,
       learning_rate=learning_rate, max_depth=max_depth)
   importances = np.asarray(importances, np.float64)
   total = importances.sum()
@@ -109,7 +119,7 @@ def predict(trees: BoostedTrees, inputs: np.ndarray) -> np.ndarray:
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "num_stages", "max_depth"))
-def _fit(inputs, labels, order, *, num_classes, num_stages, learning_rate, max_depth):
+def _fit(inputs, labels, order, key, *, num_classes, num_stages, learning_rate, max_depth):
   num_samples, num_features = inputs.shape
   num_trees = 1 if num_classes == 2 else num_classes
   one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
@@ -126,15 +136,16 @@ def _fit(inputs, labels, order, *, num_classes, num_stages, learning_rate, max_d
   # Per (tree, feature): samples sorted by (node, value); all in node 0 first.
   initial_order = jnp.broadcast_to(order, (num_trees, num_features, num_samples))
 
-  def stage(raw, _):
-    if num_classes == 2:
-      probs = jax.nn.sigmoid(raw)
-    else:
-      probs = jax.nn.softmax(raw, axis=-1)
-    residuals = (targets - probs).T  # [T, N], the negative gradient.
-    hessians = (probs * (1.0 - probs)).T
+  def stage(raw, index):
+    probs, complements = _probabilities(raw)
+    # y - p, written so that a probability that rounds to 1 in float32 still
+    # leaves its (tiny) residual and hessian: 1 - p is computed directly.
+    residuals = jnp.where(targets > 0, complements, -probs).T  # [T, N]
+    hessians = (probs * complements).T
+    priority = jax.vmap(lambda k: jax.random.permutation(k, num_features))(
+        jax.random.split(jax.random.fold_in(key, index), num_trees))
     tree, leaf_of_sample, gain = _grow_trees(
-        inputs_t, residuals, initial_order, max_depth)
+        inputs_t, residuals, initial_order, priority, max_depth)
     leaf_values = _newton_leaf_values(
         residuals, hessians, leaf_of_sample, 2**max_depth, newton_scale)
     leaf_values = learning_rate * leaf_values
@@ -143,17 +154,33 @@ def _fit(inputs, labels, order, *, num_classes, num_stages, learning_rate, max_d
 
   raw = jnp.broadcast_to(initial_raw, (num_samples, num_trees))
   _, ((features, thresholds), leaf_values, gains) = jax.lax.scan(
-      stage, raw, None, length=num_stages)
+      stage, raw, jnp.arange(num_stages))
   return initial_raw, features, thresholds, leaf_values, gains.sum(0)
 
 
-def _grow_trees(inputs_t, residuals, initial_order, max_depth):
+def _probabilities(raw):
+  """(p, 1 - p) of every class [N, T], with 1 - p accurate near p = 1.
+
+  Two classes: one raw score, p = sigmoid(raw), 1 - p = sigmoid(-raw). More:
+  a softmax, where 1 - p of the most probable class is the sum of the
+  others' probabilities (1 - p itself would round to 0 in float32).
+  """
+  if raw.shape[-1] == 1:
+    return jax.nn.sigmoid(raw), jax.nn.sigmoid(-raw)
+  probs = jax.nn.softmax(raw, axis=-1)
+  is_max = jax.nn.one_hot(jnp.argmax(raw, axis=-1), raw.shape[-1], dtype=jnp.bool_)
+  others_of_max = jnp.sum(jnp.where(is_max, 0.0, probs), axis=-1, keepdims=True)
+  return probs, jnp.where(is_max, others_of_max, 1.0 - probs)
+
+
+def _grow_trees(inputs_t, residuals, initial_order, priority, max_depth):
   """Grows T depth-`max_depth` least-squares regression trees at once.
 
   Args:
     inputs_t: [F, N] features.
     residuals: [T, N] regression targets, one row per tree.
     initial_order: [T, F, N] each feature's argsort, per tree.
+    priority: [T, F] the rank of each feature among exact ties, per tree.
     max_depth: depth of the trees.
 
   Returns:
@@ -175,9 +202,16 @@ def _grow_trees(inputs_t, residuals, initial_order, max_depth):
         values, node_of_sample, num_nodes, reduce, fill)
     counts = node_stats(jnp.ones_like(residuals))
     sums = node_stats(residuals)
-    # A node whose residuals are all equal has zero impurity: a leaf.
+    # scikit-learn makes a node a leaf when its impurity (the variance of
+    # its residuals, float64) is <= machine epsilon, e.g. once every
+    # probability in it is nearly 0 or 1. Two-pass variance, so that float32
+    # reproduces that test; a node of equal residuals is a leaf regardless.
+    node_mean = sums / jnp.maximum(counts, 1.0)
+    deviation = residuals - jnp.take_along_axis(node_mean, node_of_sample, axis=1)
+    variance = node_stats(deviation**2) / jnp.maximum(counts, 1.0)
     spread = (node_stats(residuals, jnp.max, -jnp.inf)
               - node_stats(residuals, jnp.min, jnp.inf))
+    splittable = (spread > 0) & (variance > _IMPURITY_EPSILON)
     starts = jnp.cumsum(counts, axis=1) - counts  # First position of each node.
     prior_sums = jnp.cumsum(sums, axis=1) - sums  # Residuals of earlier nodes.
 
@@ -198,7 +232,7 @@ def _grow_trees(inputs_t, residuals, initial_order, max_depth):
         [sorted_nodes[:, 1:], jnp.full_like(sorted_nodes[:, :1], -1)], -1)
     valid = ((next_nodes == sorted_nodes)[:, None, :]
              & (next_values > sorted_values + _FEATURE_THRESHOLD)
-             & (take_node(spread) > 0))
+             & take_node(splittable))
     # Squared-error decrease: sum_l^2/n_l + sum_r^2/n_r - sum^2/n, written
     # without the cancellation of that form.
     safe_right = jnp.maximum(right_count, 1.0)
@@ -206,10 +240,12 @@ def _grow_trees(inputs_t, residuals, initial_order, max_depth):
         left_count * safe_right * node_count)
     gain = jnp.where(valid, gain, -1.0)
 
-    # Best split per node: the best feature at each position, then the best
-    # position within each node's segment (ties: lowest position, feature).
-    best_feature_at = jnp.argmax(gain, axis=1)  # [T, N]
-    best_gain_at = jnp.max(gain, axis=1)
+    # Best split per node: the best feature at each position (exact ties: the
+    # feature of highest priority), then the best position within each
+    # node's segment (ties: the lowest).
+    best_gain_at = jnp.max(gain, axis=1)  # [T, N]
+    best_feature_at = jnp.argmax(
+        jnp.where(gain == best_gain_at[:, None, :], priority[:, :, None], -1), axis=1)
     best_gain = _per_node(best_gain_at, sorted_nodes, num_nodes, jnp.max, -jnp.inf)
     is_best = best_gain_at == jnp.take_along_axis(best_gain, sorted_nodes, axis=1)
     best_position = _per_node(

@@ -38,7 +38,7 @@ _ON_SHARED_POINTS = ("mig", "dci", "sap", "modularity")
 
 
 def default_settings() -> ml_collections.ConfigDict:
-  """disentanglement_lib's study defaults (see DESIGN.md, "Metrics")."""
+  """disentanglement_lib's study defaults (its `unsupervised_study_v1` metric configs)."""
   settings = ml_collections.ConfigDict()
   settings.metrics = ",".join(METRICS)
   settings.num_train = 10_000  # MIG, DCI, SAP, modularity.
