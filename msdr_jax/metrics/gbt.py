@@ -240,12 +240,10 @@ def _grow_trees(inputs_t, residuals, initial_order, priority, max_depth):
         left_count * safe_right * node_count)
     gain = jnp.where(valid, gain, -1.0)
 
-    # Best split per node: the best feature at each position (exact ties: the
-    # feature of highest priority), then the best position within each
-    # node's segment (ties: the lowest).
+    # Best split per node: the best gain over features and positions; the
+    # lowest position reaching it; among the features reaching it there,
+    # the one of highest priority (exact ties between features).
     best_gain_at = jnp.max(gain, axis=1)  # [T, N]
-    best_feature_at = jnp.argmax(
-        jnp.where(gain == best_gain_at[:, None, :], priority[:, :, None], -1), axis=1)
     best_gain = _per_node(best_gain_at, sorted_nodes, num_nodes, jnp.max, -jnp.inf)
     is_best = best_gain_at == jnp.take_along_axis(best_gain, sorted_nodes, axis=1)
     best_position = _per_node(
@@ -253,7 +251,9 @@ def _grow_trees(inputs_t, residuals, initial_order, priority, max_depth):
         num_samples)
     splits = best_gain >= 0
     best_position = jnp.minimum(best_position, num_samples - 1)
-    feature = jnp.take_along_axis(best_feature_at, best_position, axis=1)
+    gain_there = jnp.take_along_axis(gain, best_position[:, None, :], axis=2)  # [T, F, S]
+    feature = jnp.argmax(jnp.where(
+        gain_there == best_gain[:, None, :], priority[:, :, None], -1), axis=1)
     pick = lambda values: jnp.take_along_axis(  # values[t, feature, position]
         jnp.take_along_axis(values, feature[:, :, None], axis=1),  # [T, S, N]
         best_position[:, :, None], axis=2)[:, :, 0]
