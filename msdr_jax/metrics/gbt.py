@@ -22,11 +22,12 @@ stage grow at once, level by level, inside one jitted `lax.scan`:
 
 Exact ties: scikit-learn visits the features of a node in a random order and
 keeps the first best split, so among features whose best splits tie exactly
-(a duplicated latent, or one a monotone function of another, ties at every
+(a duplicated latent, or an increasing function of another, ties at every
 node) it picks one at random. Here every stage draws a random order of the
 features per tree from `seed`, with the same effect: a duplicated latent
-gets about half of the importance in both. Among tied positions of one
-feature both take the lowest. Arithmetic is float32, where scikit-learn
+gets about half of the importance in both. Among tied positions both take
+the lowest (so a decreasing copy of a latent, whose tied split lies at
+another position, is not randomised). Arithmetic is float32, where scikit-learn
 uses float64 for the split statistics; `tests/dci_test.py` compares both
 learners on the same data.
 
@@ -142,8 +143,9 @@ def _fit(inputs, labels, order, key, *, num_classes, num_stages, learning_rate, 
     # leaves its (tiny) residual and hessian: 1 - p is computed directly.
     residuals = jnp.where(targets > 0, complements, -probs).T  # [T, N]
     hessians = (probs * complements).T
-    priority = jax.vmap(lambda k: jax.random.permutation(k, num_features))(
-        jax.random.split(jax.random.fold_in(key, index), num_trees))
+    # Random feature priorities per tree (uniform draws: no sort needed).
+    priority = jax.random.uniform(
+        jax.random.fold_in(key, index), (num_trees, num_features))
     tree, leaf_of_sample, gain = _grow_trees(
         inputs_t, residuals, initial_order, priority, max_depth)
     leaf_values = _newton_leaf_values(
@@ -253,7 +255,7 @@ def _grow_trees(inputs_t, residuals, initial_order, priority, max_depth):
     best_position = jnp.minimum(best_position, num_samples - 1)
     gain_there = jnp.take_along_axis(gain, best_position[:, None, :], axis=2)  # [T, F, S]
     feature = jnp.argmax(jnp.where(
-        gain_there == best_gain[:, None, :], priority[:, :, None], -1), axis=1)
+        gain_there == best_gain[:, None, :], priority[:, :, None], -1.0), axis=1)
     pick = lambda values: jnp.take_along_axis(  # values[t, feature, position]
         jnp.take_along_axis(values, feature[:, :, None], axis=1),  # [T, S, N]
         best_position[:, :, None], axis=2)[:, :, 0]
