@@ -234,12 +234,13 @@ def _validate_stage_two(config, families, train) -> None:
     _check_number(config, f"stage2.{family}.{key}", kind, condition, requirement)
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{'a.b': value} for every leaf of a nested mapping."""
   flat = {}
   for key, value in tree.items():
     path = f"{prefix}{key}"
     if isinstance(value, Mapping):
-      flat.update(_flatten(value, path + "."))
+      flat.update(flatten(value, path + "."))
     else:
       flat[path] = value
   return flat
@@ -255,7 +256,7 @@ def _identity(flat_config: Mapping[str, Any]) -> dict[str, Any]:
 
 def run_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The flattened config without the resumable keys."""
-  return _identity(_flatten(json.loads(config.to_json())))
+  return _identity(flatten(json.loads(config.to_json())))
 
 
 def fingerprint(config: ml_collections.ConfigDict) -> str:
@@ -278,7 +279,7 @@ def bind_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   path = epath.Path(workdir) / CONFIG_FILENAME
   try:
     if path.exists():
-      theirs = _identity(_flatten(json.loads(path.read_text())))
+      theirs = _identity(flatten(json.loads(path.read_text())))
     else:
       path.parent.mkdir(parents=True, exist_ok=True)
       tmp = path.parent / (CONFIG_FILENAME + ".tmp")

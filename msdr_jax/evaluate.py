@@ -61,21 +61,11 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
         f"Cannot read {path} ({type(e).__name__}: {e}).") from e
   eval_config = evaluation.default_config()
   eval_config.update_from_flattened_dict(
-      {k: v for k, v in _flatten(recorded.pop("eval", {})).items()
+      {k: v for k, v in configuration.flatten(recorded.pop("eval", {})).items()
        if _has_key(eval_config, k)})
   config = ml_collections.ConfigDict(recorded)
   config.eval = eval_config
   return config
-
-
-def _flatten(tree, prefix=""):
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[prefix + key] = value
-  return flat
 
 
 def _has_key(config: ml_collections.ConfigDict, dotted: str) -> bool:

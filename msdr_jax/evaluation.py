@@ -174,11 +174,10 @@ def evaluate_stage_one(
       encode_mean, dataset, jax.random.fold_in(rng, _SUITE_STREAM),
       eval_config.disentanglement))
   results["metric_factors"] = list(dataset.factor_names)
-  decode_mean = lambda codes: losses.decoder_mean(
-      model.apply({"params": params}, codes, method=vae.VAE.decode))
-  results.update(sample_quality(
-      eval_config, dataset, rng,
-      lambda key, num: decode_mean(jax.random.normal(key, (num, model.latent_dim)))))
+  decode_prior_sample = lambda p, key, num: losses.decoder_mean(model.apply(
+      {"params": p}, jax.random.normal(key, (num, model.latent_dim)),
+      method=vae.VAE.decode))
+  results.update(sample_quality(eval_config, dataset, rng, decode_prior_sample, params))
 
   workdir_path = epath.Path(workdir)
   first = batches[0]
@@ -223,9 +222,13 @@ def sample_quality(
     dataset: ground_truth.GroundTruthData,
     rng: jax.Array,
     generate,
+    params: Any,
     prefix: str = "sample_quality",
 ) -> dict[str, Any]:
-  """FID and KID of `generate(key, num) -> images` against the data set.
+  """FID and KID of `generate(params, key, num) -> images` against the data set.
+
+  `params` is an argument of the jitted generator (not a closed-over
+  constant), so the parameters are not baked into the compiled program.
 
   The real images depend on `rng` only, so every model evaluated with the
   same key is compared with the same real images. Empty when
@@ -241,12 +244,13 @@ def sample_quality(
   real_rng = jax.random.fold_in(rng, _REAL_IMAGES_STREAM)
   sample_rng = jax.random.fold_in(rng, _SAMPLES_STREAM)
   real_batch = jax.jit(lambda key: dataset.sample(key, batch_size)[0])
-  generated_batch = jax.jit(lambda key: generate(key, batch_size))
+  generated_batch = jax.jit(lambda p, key: generate(p, key, batch_size))
   collect = lambda make, key: np.concatenate([
       np.asarray(make(jax.random.fold_in(key, i))) for i in range(num_batches)
   ])[: config.num_samples]
   scores = image_metrics.sample_quality(
-      collect(real_batch, real_rng), collect(generated_batch, sample_rng), extractor,
+      collect(real_batch, real_rng),
+      collect(lambda key: generated_batch(params, key), sample_rng), extractor,
       batch_size=min(256, config.num_samples),
       kid_num_subsets=config.kid_num_subsets,
       kid_subset_size=min(config.kid_subset_size, config.num_samples))
@@ -395,7 +399,7 @@ def evaluate_multi_stage(
   # With stage one's key: the same real images as stage one's FID and KID.
   results.update(sample_quality(
       eval_config, dataset, stage1_rng,
-      lambda key, num: model.sample(params, key, num), "multi_stage/sample_quality"))
+      model.sample, params, "multi_stage/sample_quality"))
 
   workdir_path = epath.Path(workdir)
   first = batches[0]
