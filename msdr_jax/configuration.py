@@ -39,6 +39,9 @@ RESUMABLE_KEYS = (
     "checkpoint_every_steps",
     "max_checkpoints_to_keep",
     "eval",
+    # Where a loaded data set lives changes speed, not numbers: both
+    # placements draw the same batches.
+    "data.placement",
 )
 
 CONFIG_FILENAME = "config.json"
@@ -105,7 +108,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "names the default work directory."
     )
   _check_number(config, "seed", int, lambda v: v >= 0, ">= 0")
-  _check_choice(config, "data.name", data.DATASETS)
+  _validate_data(config, data)
   _check_choice(config, "stage1.model.architecture", architectures.ARCHITECTURES)
   _check_number(config, "stage1.model.latent_dim", int, *at_least_one)
   _check_choice(config, "stage1.model.likelihood", losses.LIKELIHOODS)
@@ -232,6 +235,22 @@ def _validate_stage_two(config, families, train) -> None:
   }
   for key, kind, (condition, requirement) in checks[family]:
     _check_number(config, f"stage2.{family}.{key}", kind, condition, requirement)
+
+
+def _validate_data(config, data) -> None:
+  _check_choice(config, "data.name", data.DATASETS)
+  name, source = _get(config, "data.name"), _get(config, "data.source")
+  if source not in data.sources_of(name):
+    raise ConfigError(
+        f"config.data.source={source!r} is not available for data set {name!r}; "
+        f"choose one of {list(data.sources_of(name))}.")
+  _check_choice(config, "data.placement", data.PLACEMENTS)
+  for key in ("data_dir", "path"):
+    if not isinstance(_get(config, f"data.{key}"), str):
+      raise ConfigError(f"config.data.{key} must be a path (or empty).")
+  if source == "file" and not _get(config, "data.path"):
+    raise ConfigError(
+        f"config.data.source='file' needs --config.data.path=<the {name} file>.")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

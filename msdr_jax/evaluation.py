@@ -67,10 +67,10 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
-def _make_eval_batch(model, dataset, stage_config, batch_size: int):
+def _make_eval_batch(model, stage_config, batch_size: int):
   """Jitted statistics of one freshly sampled batch."""
   @jax.jit
-  def eval_batch(params, rng):
+  def eval_batch(params, dataset, rng):
     data_rng, sample_rng = jax.random.split(rng)
     images, factors = dataset.sample(data_rng, batch_size)
     out = model.apply({"params": params}, images, sample_rng)
@@ -140,10 +140,10 @@ def evaluate_stage_one(
   """
   eval_config = config.eval
   model = vae.model_from_config(config.stage1.model, dataset.observation_shape)
-  eval_batch = _make_eval_batch(model, dataset, config.stage1, eval_config.batch_size)
+  eval_batch = _make_eval_batch(model, config.stage1, eval_config.batch_size)
   num_batches = eval_config.num_points // eval_config.batch_size
   batches = [
-      jax.device_get(eval_batch(params, jax.random.fold_in(rng, i)))
+      jax.device_get(eval_batch(params, dataset, jax.random.fold_in(rng, i)))
       for i in range(num_batches)
   ]
   cat = lambda name: np.concatenate([b[name] for b in batches])
@@ -170,10 +170,13 @@ def evaluate_stage_one(
   }
   encode_mean = lambda images: model.apply(
       {"params": params}, images, method=vae.VAE.encode)[0]
-  results.update(suite.evaluate(
-      encode_mean, dataset, jax.random.fold_in(rng, _SUITE_STREAM),
-      eval_config.disentanglement))
-  results["metric_factors"] = list(dataset.factor_names)
+  if dataset.num_factors:
+    results.update(suite.evaluate(
+        encode_mean, dataset, jax.random.fold_in(rng, _SUITE_STREAM),
+        eval_config.disentanglement))
+    results["metric_factors"] = list(dataset.factor_names)
+  else:
+    logging.info("The data set has no labelled factors: no disentanglement metrics.")
   decode_prior_sample = lambda p, key, num: losses.decoder_mean(model.apply(
       {"params": p}, jax.random.normal(key, (num, model.latent_dim)),
       method=vae.VAE.decode))
@@ -243,13 +246,13 @@ def sample_quality(
   num_batches = -(-config.num_samples // batch_size)
   real_rng = jax.random.fold_in(rng, _REAL_IMAGES_STREAM)
   sample_rng = jax.random.fold_in(rng, _SAMPLES_STREAM)
-  real_batch = jax.jit(lambda key: dataset.sample(key, batch_size)[0])
+  real_batch = jax.jit(lambda data, key: data.sample(key, batch_size)[0])
   generated_batch = jax.jit(lambda p, key: generate(p, key, batch_size))
   collect = lambda make, key: np.concatenate([
       np.asarray(make(jax.random.fold_in(key, i))) for i in range(num_batches)
   ])[: config.num_samples]
   scores = image_metrics.sample_quality(
-      collect(real_batch, real_rng),
+      collect(lambda key: real_batch(dataset, key), real_rng),
       collect(lambda key: generated_batch(params, key), sample_rng), extractor,
       batch_size=min(256, config.num_samples),
       kid_num_subsets=config.kid_num_subsets,
@@ -261,11 +264,11 @@ def sample_quality(
   }
 
 
-def _make_multi_stage_eval_batch(model: multi_stage.MultiStageModel, dataset, batch_size):
+def _make_multi_stage_eval_batch(model: multi_stage.MultiStageModel, batch_size):
   """Jitted multi-stage statistics of one freshly sampled batch."""
 
   @jax.jit
-  def eval_batch(params, stage1_rng, rng):
+  def eval_batch(params, dataset, stage1_rng, rng):
     # The data of stage one's evaluation batch with the same key, so that
     # both evaluations score the very same images.
     data_rng, _ = jax.random.split(stage1_rng)
@@ -347,11 +350,11 @@ def evaluate_multi_stage(
   """
   eval_config = config.eval
   model = multi_stage.MultiStageModel.from_config(config, dataset.observation_shape)
-  eval_batch = _make_multi_stage_eval_batch(model, dataset, eval_config.batch_size)
+  eval_batch = _make_multi_stage_eval_batch(model, eval_config.batch_size)
   num_batches = eval_config.num_points // eval_config.batch_size
   batches = [
       jax.device_get(eval_batch(
-          params, jax.random.fold_in(stage1_rng, i), jax.random.fold_in(rng, i)))
+          params, dataset, jax.random.fold_in(stage1_rng, i), jax.random.fold_in(rng, i)))
       for i in range(num_batches)
   ]
   cat = lambda name: np.concatenate([b[name] for b in batches])

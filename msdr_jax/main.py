@@ -17,6 +17,7 @@ import jax
 from ml_collections import config_flags
 
 from msdr_jax import configuration
+from msdr_jax import data
 from msdr_jax import train
 from msdr_jax import writers
 
@@ -37,6 +38,7 @@ flags.mark_flags_as_required(["config"])
 _USER_ERRORS = (
     configuration.ConfigError,
     configuration.RunDirectoryError,
+    data.DataError,
     train.NonFiniteLossError,
 )
 

@@ -411,14 +411,17 @@ def train_stage_one(
   train_step = make_train_step(stage_config, image_shape, dataset.num_images)
 
   @functools.partial(jax.jit, donate_argnums=0)
-  def train_iteration(state):
-    # Data generation is fused into the step: no host input pipeline.
+  def train_iteration(state, dataset):
+    # Drawing the batch is fused into the step: images are rendered, or
+    # gathered from device memory, without a host input pipeline.
     step_rng = jax.random.fold_in(train_rng, state.step)
     data_rng, model_rng = jax.random.split(step_rng)
     images, _ = dataset.sample(data_rng, config.batch_size)
     return train_step(state, images, model_rng)
 
-  return _train_loop(config, workdir, "stage1", state, train_iteration, manager, writer)
+  return _train_loop(
+      config, workdir, "stage1", state, lambda state: train_iteration(state, dataset),
+      manager, writer)
 
 
 def train_stage_two(
@@ -437,7 +440,7 @@ def train_stage_two(
   train_step = make_stage_two_train_step(config, image_shape)
 
   @functools.partial(jax.jit, donate_argnums=0)
-  def train_iteration(state, stage1_params):
+  def train_iteration(state, stage1_params, dataset):
     step_rng = jax.random.fold_in(train_rng, state.step)
     data_rng, model_rng = jax.random.split(step_rng)
     images, _ = dataset.sample(data_rng, config.batch_size)
@@ -445,7 +448,7 @@ def train_stage_two(
 
   return _train_loop(
       config, workdir, "stage2", state,
-      lambda state: train_iteration(state, stage1_params), manager, writer)
+      lambda state: train_iteration(state, stage1_params, dataset), manager, writer)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

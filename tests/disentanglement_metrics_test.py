@@ -38,7 +38,7 @@ class FactorImages(ground_truth.GroundTruthData):
   def observation_shape(self):
     return (1, 1, len(self._sizes))
 
-  def images_from_factors(self, factors):
+  def images_from_state(self, factors):
     scaled = factors / (jnp.asarray(self._sizes) - 1.0)
     return scaled.reshape(*factors.shape[:-1], 1, 1, len(self._sizes)).astype(jnp.float32)
 

@@ -237,5 +237,5 @@ class DSprites(ground_truth.GroundTruthData):
   def observation_shape(self) -> tuple[int, int, int]:
     return (IMAGE_SIZE, IMAGE_SIZE, 1)
 
-  def images_from_factors(self, factors: jax.Array) -> jax.Array:
-    return render(factors)
+  def images_from_state(self, state: jax.Array) -> jax.Array:
+    return render(state)

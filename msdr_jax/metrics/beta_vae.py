@@ -53,7 +53,8 @@ def sample_points(
 ) -> tuple[np.ndarray, np.ndarray]:
   """([num_points, K] mean |z1 - z2| features, [num_points] fixed factors)."""
   factors, labels = draw_pairs(dataset, rng, num_points, batch_size)
-  return pair_features(data.encode_factors(representation_fn, dataset, factors)), labels
+  codes = data.encode_factors(representation_fn, dataset, factors, data.nuisance_key(rng))
+  return pair_features(codes), labels
 
 
 def beta_vae_score(

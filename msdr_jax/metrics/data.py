@@ -82,7 +82,11 @@ def check_factors_vary(factors: np.ndarray, metric: str) -> None:
 
 
 def check_dataset(dataset: ground_truth.GroundTruthData, metric: str) -> None:
-  """A metric needs two or more factors that each take two or more values."""
+  """A metric needs labelled factors that each take two or more values."""
+  if not dataset.num_factors:
+    raise ValueError(
+        f"{metric} needs labelled factors, and {type(dataset).__name__} has none "
+        "(only reconstruction and sample quality apply to it).")
   single = [name for name, size in zip(dataset.factor_names, dataset.factor_sizes)
             if size < 2]
   if single:
@@ -90,37 +94,52 @@ def check_dataset(dataset: ground_truth.GroundTruthData, metric: str) -> None:
         f"{metric} is undefined for a factor with a single value ({single}).")
 
 
+# Nuisance values of metric images come from `fold_in(rng, _NUISANCE_STREAM)`
+# of the metric's own key; a constant no `split` index reaches.
+_NUISANCE_STREAM = 0x6E75
+
+
+def nuisance_key(rng: int | jax.Array) -> jax.Array:
+  """The key that draws the nuisance values of a metric's images."""
+  return jax.random.fold_in(as_key(rng), _NUISANCE_STREAM)
+
+
 def encode_factors(
     representation_fn: RepresentationFn,
     dataset: ground_truth.GroundTruthData,
     factors: np.ndarray | jax.Array,
+    rng: jax.Array | None = None,
     images_per_call: int = DEFAULT_IMAGES_PER_CALL,
 ) -> np.ndarray:
   """Codes of the images of `factors` [..., F]; returns [..., K] float64.
 
-  Images are a deterministic function of their factors, and codes of their
-  image, so each distinct factor vector is rendered and encoded once. This
-  matters: the BetaVAE and FactorVAE scores draw about 2.9 million images
-  from dSprites' grid of 737,280, of which only ~725,000 differ.
+  Images are a deterministic function of their state (factors plus nuisance
+  values), and codes of their image, so each distinct state is rendered and
+  encoded once. This matters: the BetaVAE and FactorVAE scores draw about 2.9
+  million images from dSprites' grid of 737,280, of which only ~725,000
+  differ. `rng` draws the nuisance values of data sets that have them (as in
+  disentanglement_lib, one independent draw per image); it is required there
+  and unused elsewhere.
 
   Rendering and encoding run on the device, `images_per_call` per jitted
   call (the last call is padded, so there is one compilation).
   """
   factors = np.asarray(factors)
   flat = factors.reshape(-1, factors.shape[-1])
-  index = np.asarray(dataset.factors_to_index(flat))
+  states = np.asarray(dataset.complete_factors(flat, rng))
+  index = np.asarray(dataset.state_to_index(states))
   unique_index, inverse = np.unique(index, return_inverse=True)
-  unique = np.asarray(dataset.index_to_factors(unique_index))
+  unique = np.asarray(dataset.index_to_state(unique_index))
   if len(unique) > 10 * images_per_call:  # Worth a line in a long evaluation.
     logging.info("Metrics: encoding %d distinct images (of %d drawn).",
                  len(unique), len(index))
   batch = max(1, min(images_per_call, len(unique)))
-  encode = _batch_encoder(representation_fn, dataset, batch)
+  encode = _batch_encoder(representation_fn, batch)
   codes = []
   for start in range(0, len(unique), batch):
     chunk = unique[start : start + batch]
     padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
-    codes.append(np.asarray(encode(padded))[: len(chunk)])
+    codes.append(np.asarray(encode(dataset, padded))[: len(chunk)])
   codes = np.concatenate(codes).astype(np.float64)[inverse.reshape(-1)]
   return codes.reshape(*factors.shape[:-1], codes.shape[-1])
 
@@ -129,23 +148,26 @@ def encode_all(
     representation_fn: RepresentationFn,
     dataset: ground_truth.GroundTruthData,
     factor_arrays: list[np.ndarray],
+    rng: jax.Array | None = None,
     images_per_call: int = DEFAULT_IMAGES_PER_CALL,
 ) -> list[np.ndarray]:
   """`encode_factors` of several arrays, encoding their union's images once."""
   flats = [np.asarray(f).reshape(-1, np.shape(f)[-1]) for f in factor_arrays]
-  codes = encode_factors(representation_fn, dataset, np.concatenate(flats), images_per_call)
+  codes = encode_factors(
+      representation_fn, dataset, np.concatenate(flats), rng, images_per_call)
   splits = np.cumsum([len(f) for f in flats])[:-1]
   return [c.reshape(*np.shape(f)[:-1], c.shape[-1])
           for c, f in zip(np.split(codes, splits), factor_arrays)]
 
 
-# One compilation per (function, data set, batch) within an evaluation; a
-# small cache, as each entry holds on to the function (and its parameters).
+# One compilation per (function, batch) within an evaluation; a small cache,
+# as each entry holds on to the function (and its parameters). The data set is
+# an argument, not a closure: its arrays must not become program constants.
 @functools.lru_cache(maxsize=2)
-def _batch_encoder(representation_fn, dataset, batch_size):
+def _batch_encoder(representation_fn, batch_size):
   @jax.jit
-  def encode(factors):
-    images = dataset.images_from_factors(factors)
+  def encode(dataset, states):
+    images = dataset.images_from_state(states)
     codes = representation_fn(images)
     if codes.ndim != 2 or codes.shape[0] != batch_size:
       raise ValueError(
@@ -171,7 +193,9 @@ def sample_codes(
   if num_points < 1:
     raise ValueError(f"num_points must be >= 1, got {num_points}.")
   factors = np.asarray(dataset.sample_factors(rng, num_points))
-  return encode_factors(representation_fn, dataset, factors, images_per_call), factors
+  codes = encode_factors(
+      representation_fn, dataset, factors, nuisance_key(rng), images_per_call)
+  return codes, factors
 
 
 def sample_train_test(

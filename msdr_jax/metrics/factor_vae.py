@@ -49,7 +49,7 @@ def sample_local_variances(
   if batch_size < 2:
     raise ValueError(f"FactorVAE score needs batch_size >= 2, got {batch_size}.")
   factors, labels = draw_votes(dataset, rng, num_votes, batch_size)
-  codes = data.encode_factors(representation_fn, dataset, factors)
+  codes = data.encode_factors(representation_fn, dataset, factors, data.nuisance_key(rng))
   return np.var(codes, axis=1, ddof=1), labels
 
 

@@ -162,7 +162,8 @@ def evaluate_draws(
   present = [(field, value) for field, value in _factor_arrays(draws) if value is not None]
   codes = dict(zip(
       [field for field, _ in present],
-      data.encode_all(representation_fn, dataset, [value for _, value in present])))
+      data.encode_all(representation_fn, dataset, [value for _, value in present],
+                      data.nuisance_key(classifier_seed))))
   _log_time("encode", start, timings)
   results: dict[str, float] = {}
   if draws.train_factors is not None:

@@ -1,0 +1,90 @@
+"""dSprites and MPI3D from their official `.npz` files.
+
+  * dSprites: `dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz` from
+    github.com/deepmind/dsprites-dataset, keys `imgs` (uint8 0/1
+    [737280, 64, 64]) and `latents_classes` ([737280, 6], colour first). The
+    images are placed by their labels, so the file's order does not matter,
+    and stored bit-packed (377 MB).
+  * MPI3D (github.com/rr-learning/disentanglement_dataset): `mpi3d_toy.npz`,
+    `mpi3d_realistic.npz` or `mpi3d_real.npz`, key `images` (uint8
+    [1036800, 64, 64, 3]) in row-major order of the 7 factors below; the files
+    carry no labels. 12.7 GB in memory: `placement="host"` keeps it off the
+    accelerator.
+
+`factor_sizes` is a parameter only so that tests can use small fixtures; the
+defaults are the real data sets'.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+import zipfile
+
+from etils import epath
+import numpy as np
+
+from msdr_jax.data import arrays
+from msdr_jax.data import dsprites
+
+MPI3D_FACTOR_NAMES = ("object_color", "object_shape", "object_size", "camera_height",
+                      "background_color", "horizontal_axis", "vertical_axis")
+MPI3D_FACTOR_SIZES = (6, 6, 2, 3, 3, 40, 40)
+
+_DSPRITES_URL = "https://github.com/deepmind/dsprites-dataset"
+_MPI3D_URL = "https://github.com/rr-learning/disentanglement_dataset"
+
+
+def _open_npz(path: str, what: str, url: str, keys: Sequence[str]):
+  if not path:
+    raise arrays.DataError(
+        f"{what} from a file needs --config.data.path=<the .npz file> (from {url}).")
+  if not epath.Path(path).is_file():
+    raise arrays.DataError(
+        f"{what}: {path} does not exist or is not a file. Download the .npz from "
+        f"{url} and pass its path as --config.data.path.")
+  try:
+    archive = np.load(path)
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    raise arrays.DataError(f"{what}: {path} is not a readable .npz file ({e}).") from e
+  missing = [key for key in keys if key not in archive.files]
+  if missing:
+    raise arrays.DataError(
+        f"{what}: {path} has arrays {archive.files}, not {missing}; is it the "
+        f"official file from {url}?")
+  return archive
+
+
+def load_dsprites(path: str, placement: str = "device",
+                  factor_sizes: Sequence[int] = dsprites.FACTOR_SIZES) -> arrays.ArrayData:
+  """dSprites from DeepMind's npz, placed by its `latents_classes`."""
+  description = f"dsprites (file {path})"
+  with _open_npz(path, "dSprites", _DSPRITES_URL, ("imgs", "latents_classes")) as archive:
+    images, classes = archive["imgs"], archive["latents_classes"]
+  if images.ndim != 3 or classes.ndim != 2 or classes.shape[1] != 6 or len(images) != len(classes):
+    raise arrays.DataError(
+        f"{description}: expected imgs [N, 64, 64] and latents_classes [N, 6], got "
+        f"{images.shape} and {classes.shape}.")
+  assembler = arrays.Assembler(factor_sizes, (*images.shape[1:], 1), description)
+  # Column 0 is the colour, which has a single value.
+  assembler.add(images[..., None], classes[:, 1:])
+  return arrays.ArrayData(
+      assembler.finish(), factor_names=dsprites.FACTOR_NAMES, factor_sizes=factor_sizes,
+      binary=True, placement=placement, description=description)
+
+
+def load_mpi3d(path: str, placement: str = "device",
+               factor_sizes: Sequence[int] = MPI3D_FACTOR_SIZES) -> arrays.ArrayData:
+  """MPI3D (toy, realistic or real) from its npz, in official factor order."""
+  description = f"mpi3d (file {path})"
+  with _open_npz(path, "MPI3D", _MPI3D_URL, ("images",)) as archive:
+    images = archive["images"]
+  expected = math.prod(factor_sizes)
+  if images.ndim != 4 or images.shape[0] != expected:
+    raise arrays.DataError(
+        f"{description}: expected images [{expected:,}, 64, 64, 3] (factor grid "
+        f"{tuple(factor_sizes)}), got {images.shape}. Is it one of the official "
+        f"MPI3D files from {_MPI3D_URL}?")
+  return arrays.ArrayData(
+      images, factor_names=MPI3D_FACTOR_NAMES, factor_sizes=factor_sizes,
+      placement=placement, description=description)
