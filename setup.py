@@ -24,8 +24,9 @@ setuptools.setup(
         "orbax-checkpoint>=0.11",
         "pillow>=10.0",
         "scikit-learn>=1.3",
+        "scipy>=1.11",
         "tensorboardX>=2.6",
         "tensorflow-datasets>=4.9.7",
     ],
-    extras_require={"test": ["pytest>=8.0", "pytest-xdist>=3.5", "scipy>=1.11"]},
+    extras_require={"test": ["pytest>=8.0", "pytest-xdist>=3.5"]},
 )

@@ -250,7 +250,8 @@ def _validate_data(config, data) -> None:
       raise ConfigError(f"config.data.{key} must be a path (or empty).")
   if source == "file" and not _get(config, "data.path"):
     raise ConfigError(
-        f"config.data.source='file' needs --config.data.path=<the {name} file>.")
+        f"config.data.source='file' needs --config.data.path=<the {name} file or "
+        "directory>.")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

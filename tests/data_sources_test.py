@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.io
 import tensorflow_datasets as tfds
 
 from msdr_jax import configuration
@@ -253,6 +254,29 @@ def test_mpi3d_npz_is_read_in_official_order(tmp_path):
     files.load_mpi3d(str(tmp_path / "mpi3d_toy.npz"))
 
 
+def test_cars3d_mat_files_are_resized_and_indexed(tmp_path):
+  sizes = (4, 24, 2)
+  for car in range(2):
+    # Every view a flat colour that spells out (car, elevation, azimuth).
+    elevation, azimuth = np.meshgrid(np.arange(4), np.arange(24))  # [24, 4] each.
+    colour = np.stack([np.full_like(azimuth, 100 * car), 10 * elevation, 10 * azimuth], -1)
+    mesh = np.broadcast_to(colour.astype(np.uint8), (16, 16, 24, 4, 3))
+    scipy.io.savemat(tmp_path / f"car_{car:03d}_mesh.mat",
+                     {"im": np.moveaxis(mesh, -1, 2)})  # [H, W, 3, 24, 4].
+  dataset = files.load_cars3d(str(tmp_path), factor_sizes=sizes)
+  assert dataset.factor_names == ("elevation", "azimuth", "object")
+  assert dataset.observation_shape == (64, 64, 3)
+  factors = dataset.index_to_factors(np.arange(dataset.num_images))
+  np.testing.assert_array_equal(dataset.factors_to_index(factors), np.arange(192))
+  images = np.asarray(dataset.images_from_factors(factors)) * 255
+  expected = np.stack([100 * factors[:, 2], 10 * factors[:, 0], 10 * factors[:, 1]], -1)
+  np.testing.assert_allclose(images[:, 31, 17], expected, atol=1e-3)
+  with pytest.raises(arrays.DataError, match="has 2 .mat files; Cars3D has 183 car models"):
+    files.load_cars3d(str(tmp_path))
+  with pytest.raises(arrays.DataError, match="is not a directory"):
+    files.load_cars3d(str(tmp_path / "missing"))
+
+
 # TFDS loaders, under tfds.testing.mock_data.
 
 
@@ -391,7 +415,7 @@ def _load_config(name, arg=""):
 
 
 @pytest.mark.parametrize("name", ["dsprites", "dsprites_textured", "shapes3d",
-                                  "mpi3d", "smallnorb", "celeb_a"])
+                                  "mpi3d", "smallnorb", "celeb_a", "cars3d"])
 def test_every_config_validates_for_each_source(name):
   for source in data.sources_of(name):
     config = _load_config(name, f"preset=tiny,source={source}")

@@ -7,6 +7,7 @@
   smallnorb                        x
   celeb_a                          x
   mpi3d                                 x (toy / realistic / real npz)
+  cars3d                                x (the directory of .mat files)
 
 `procedural` renders images on the fly inside the jitted step (no data to
 download); `tfds` reads a prepared TFDS `data_dir`; `file` reads the official
@@ -47,6 +48,7 @@ _BUILDERS: dict[str, dict[str, Callable[..., GroundTruthData]]] = {
     "smallnorb": {"tfds": lambda c: tfds_data.load("smallnorb", c.data_dir, c.placement)},
     "celeb_a": {"tfds": lambda c: tfds_data.load("celeb_a", c.data_dir, c.placement)},
     "mpi3d": {"file": lambda c: files.load_mpi3d(c.path, c.placement)},
+    "cars3d": {"file": lambda c: files.load_cars3d(c.path, c.placement)},
 }
 
 DATASETS = tuple(_BUILDERS)

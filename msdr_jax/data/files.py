@@ -1,4 +1,4 @@
-"""dSprites and MPI3D from their official `.npz` files.
+"""dSprites, MPI3D and Cars3D from their official files.
 
   * dSprites: `dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz` from
     github.com/deepmind/dsprites-dataset, keys `imgs` (uint8 0/1
@@ -10,6 +10,11 @@
     [1036800, 64, 64, 3]) in row-major order of the 7 factors below; the files
     carry no labels. 12.7 GB in memory: `placement="host"` keeps it off the
     accelerator.
+  * Cars3D (Reed et al. 2015, "Deep Visual Analogy-Making"): the `cars/`
+    directory of 183 `*_mesh.mat` files, one per car model, each with `im`
+    (uint8 [128, 128, 3, 24 azimuths, 4 elevations]). Factors elevation (4),
+    azimuth (24), object (183, the files in sorted name order), as in
+    disentanglement_lib; images are resized to 64x64 (antialiased).
 
 `factor_sizes` is a parameter only so that tests can use small fixtures; the
 defaults are the real data sets'.
@@ -22,7 +27,9 @@ from typing import Sequence
 import zipfile
 
 from etils import epath
+import jax
 import numpy as np
+import scipy.io
 
 from msdr_jax.data import arrays
 from msdr_jax.data import dsprites
@@ -33,6 +40,10 @@ MPI3D_FACTOR_SIZES = (6, 6, 2, 3, 3, 40, 40)
 
 _DSPRITES_URL = "https://github.com/deepmind/dsprites-dataset"
 _MPI3D_URL = "https://github.com/rr-learning/disentanglement_dataset"
+_CARS3D_URL = "http://www.scottreed.info (Deep Visual Analogy-Making data, cars/)"
+
+CARS3D_FACTOR_NAMES = ("elevation", "azimuth", "object")
+CARS3D_FACTOR_SIZES = (4, 24, 183)
 
 
 def _open_npz(path: str, what: str, url: str, keys: Sequence[str]):
@@ -87,4 +98,41 @@ def load_mpi3d(path: str, placement: str = "device",
         f"MPI3D files from {_MPI3D_URL}?")
   return arrays.ArrayData(
       images, factor_names=MPI3D_FACTOR_NAMES, factor_sizes=factor_sizes,
+      placement=placement, description=description)
+
+
+def load_cars3d(directory: str, placement: str = "device",
+                factor_sizes: Sequence[int] = CARS3D_FACTOR_SIZES) -> arrays.ArrayData:
+  """Cars3D from its directory of `*.mat` files (one car model each)."""
+  description = f"cars3d (directory {directory})"
+  folder = epath.Path(directory) if directory else None
+  if folder is None or not folder.is_dir():
+    raise arrays.DataError(
+        f"Cars3D needs --config.data.path=<the cars/ directory of *.mat files> (from "
+        f"{_CARS3D_URL}); {directory or 'no path'} is not a directory.")
+  paths = sorted(path for path in folder.iterdir() if path.suffix == ".mat")
+  num_elevations, num_azimuths, num_objects = factor_sizes
+  if len(paths) != num_objects:
+    raise arrays.DataError(
+        f"{description} has {len(paths)} .mat files; Cars3D has {num_objects} car models.")
+  images = np.zeros((math.prod(factor_sizes), 64, 64, 3), np.uint8)
+  for index, path in enumerate(paths):
+    try:
+      mesh = scipy.io.loadmat(str(path))["im"]
+    except (OSError, ValueError, KeyError) as e:
+      raise arrays.DataError(f"{description}: cannot read `im` from {path.name} ({e}).") from e
+    if mesh.shape[2:] != (3, num_azimuths, num_elevations):
+      raise arrays.DataError(
+          f"{description}: {path.name} has `im` of shape {mesh.shape}, expected "
+          f"[H, W, 3, {num_azimuths}, {num_elevations}].")
+    # [H, W, 3, azimuth, elevation] -> [elevation, azimuth, H, W, 3].
+    views = np.transpose(mesh, (4, 3, 0, 1, 2)).reshape(-1, *mesh.shape[:3])
+    resized = jax.image.resize(views.astype(np.float32), (len(views), 64, 64, 3),
+                               method="linear", antialias=True)
+    car = np.clip(np.round(np.asarray(resized)), 0, 255).astype(np.uint8)
+    # Row-major (elevation, azimuth, object): this car's views are every
+    # num_objects-th image.
+    images[index::num_objects] = car
+  return arrays.ArrayData(
+      images, factor_names=CARS3D_FACTOR_NAMES, factor_sizes=factor_sizes,
       placement=placement, description=description)
