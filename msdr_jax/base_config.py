@@ -56,7 +56,8 @@ def get_config(arg: str, data_name: str, default_source: str) -> ml_collections.
   config.data.source = source
   # TFDS data_dir for source=tfds; empty: TFDS's default (~/tensorflow_datasets).
   config.data.data_dir = ""
-  # The data file for source=file (dSprites' or MPI3D's official .npz).
+  # For source=file: the official file (dSprites or MPI3D .npz) or directory
+  # (Cars3D's .mat files).
   config.data.path = ""
   # Where loaded images live: device (accelerator memory, batches gathered in
   # the jitted step) or host (for data sets larger than device memory).

@@ -42,9 +42,21 @@ RESUMABLE_KEYS = (
     # Where a loaded data set lives changes speed, not numbers: both
     # placements draw the same batches.
     "data.placement",
+    # A TFDS data set is identified by its name and version, not its location.
+    "data.data_dir",
 )
 
 CONFIG_FILENAME = "config.json"
+
+# Keys added after runs were recorded without them, with the value those runs
+# implicitly had. At that value a key is left out of a run's identity, so an
+# older run directory still resumes and keeps its default name.
+LEGACY_DEFAULTS = {
+    "data.source": "procedural",
+    "data.data_dir": "",
+    "data.path": "",
+    "data.placement": "device",
+}
 
 
 def _get(config: ml_collections.ConfigDict, key: str) -> Any:
@@ -271,7 +283,11 @@ def _is_resumable(key: str) -> bool:
 
 
 def _identity(flat_config: Mapping[str, Any]) -> dict[str, Any]:
-  return {k: v for k, v in sorted(flat_config.items()) if not _is_resumable(k)}
+  return {k: v for k, v in sorted(flat_config.items())
+          if not _is_resumable(k) and LEGACY_DEFAULTS.get(k, _NO_DEFAULT) != v}
+
+
+_NO_DEFAULT = object()
 
 
 def run_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -288,6 +304,24 @@ def fingerprint(config: ml_collections.ConfigDict) -> str:
 def default_workdir(config: ml_collections.ConfigDict) -> str:
   """`runs/<config name>-<fingerprint>`: rerunning a command resumes it."""
   return os.path.join("runs", f"{config.name}-{fingerprint(config)}")
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises RunDirectoryError if `workdir` holds a run of another config.
+
+  Reads only: call it before slow work (loading a data set) so a mismatch is
+  reported at once; `bind_workdir` then records the config.
+  """
+  path = epath.Path(workdir) / CONFIG_FILENAME
+  try:
+    if not path.exists():
+      return
+    theirs = _identity(flatten(json.loads(path.read_text())))
+  except (OSError, ValueError) as e:  # Unreadable directory, corrupt JSON.
+    raise RunDirectoryError(
+        f"Cannot use {path} ({type(e).__name__}: {e}). Use another --workdir."
+    ) from e
+  _check_same_run(theirs, config, workdir)
 
 
 def bind_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -310,6 +344,10 @@ def bind_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     raise RunDirectoryError(
         f"Cannot use {path} ({type(e).__name__}: {e}). Use another --workdir."
     ) from e
+  _check_same_run(theirs, config, workdir)
+
+
+def _check_same_run(theirs: Mapping[str, Any], config, workdir: str) -> None:
   ours = run_identity(config)
   differing = sorted(k for k in theirs.keys() | ours.keys()
                      if theirs.get(k, "<absent>") != ours.get(k, "<absent>"))

@@ -48,7 +48,7 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run recorded, with evaluation defaults for missing keys."""
+  """The config a run recorded, with defaults for keys added since (eval, data)."""
   path = epath.Path(workdir) / configuration.CONFIG_FILENAME
   if not path.exists():
     raise configuration.RunDirectoryError(
@@ -65,6 +65,10 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
        if _has_key(eval_config, k)})
   config = ml_collections.ConfigDict(recorded)
   config.eval = eval_config
+  for key, value in configuration.LEGACY_DEFAULTS.items():
+    section, name = key.split(".")
+    if name not in config[section]:
+      config[section][name] = value
   return config
 
 

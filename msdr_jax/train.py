@@ -460,6 +460,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   `workdir/metrics.json`.
   """
   configuration.validate(config)
+  configuration.check_workdir(config, workdir)  # Before a slow data load.
   dataset = data.get_dataset(config.data)
   image_shape = dataset.observation_shape
   if config.stage1.checkpoint:

@@ -292,6 +292,9 @@ class _Source:
   def __getitem__(self, i):
     return self._examples[i]
 
+  def __getitems__(self, indices):
+    return [self._examples[i] for i in indices]
+
 
 def _small_tfds(name, label_sizes, image_shape, splits, label_order=None):
   """Patches TFDS `name` to a small complete grid; returns (patches, images)."""
@@ -390,6 +393,24 @@ def test_tfds_celeb_a_crops_resizes_and_indexes_photos():
       crop, (5, 64, 64, 3), "linear", antialias=True))) / 255
   np.testing.assert_allclose(
       dataset.images_from_state(np.arange(5)[:, None]), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, factor_sizes, nuisance_sizes", [
+    ("dsprites", (3, 6, 40, 32, 32), ()),
+    ("shapes3d", (10, 10, 10, 8, 4, 15), ()),
+    ("smallnorb", (5, 9, 18, 6), (10,)),
+])
+def test_tfds_grids_of_the_real_builders(name, factor_sizes, nuisance_sizes, tmp_path):
+  # The unpatched builders (their features are defined in code, offline):
+  # catches a TFDS version whose labels no longer match the loader.
+  builder = tfds.builder(name, data_dir=str(tmp_path))
+  assert tfds_data._grid(tfds_data.SPECS[name], builder, []) == (factor_sizes, nuisance_sizes)
+
+
+def test_tfds_celeb_a_builder_has_the_expected_photos(tmp_path):
+  builder = tfds.builder("celeb_a", data_dir=str(tmp_path))
+  assert builder.info.features["image"].shape == (218, 178, 3)
+  assert set(tfds_data.SPECS["celeb_a"].splits) == {"train", "validation", "test"}
 
 
 def test_tfds_incomplete_or_absent_data_fail_clearly(tmp_path):

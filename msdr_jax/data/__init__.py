@@ -28,6 +28,9 @@ from msdr_jax.data import tfds_data
 from msdr_jax.data.arrays import DataError
 from msdr_jax.data.ground_truth import GroundTruthData
 
+__all__ = ["DATASETS", "DataError", "GroundTruthData", "PLACEMENTS", "SOURCES",
+           "get_dataset", "sources_of"]
+
 SOURCES = ("procedural", "tfds", "file")
 PLACEMENTS = arrays.PLACEMENTS
 

@@ -4,8 +4,8 @@ A loaded data set (TFDS or file) is one uint8 array of all its images in
 row-major *state* order (see `ground_truth`), so an image's position is
 `state_to_index(state)` and a batch is a gather. With `placement="device"`
 the array is put in accelerator memory once and every batch is gathered
-inside the jitted train step: the step never waits on the host, and the
-only per-step transfer is none at all. Binary data sets (dSprites) are stored
+inside the jitted train step: the step never waits on the host, and no
+batch crosses from host to device. Binary data sets (dSprites) are stored
 bit-packed, 8 pixels a byte: dSprites takes 377 MB instead of 3 GB.
 
 With `placement="host"` the array stays in host memory and the jitted step
@@ -66,9 +66,11 @@ class ArrayData(ground_truth.GroundTruthData):
 
     Args:
       images: every image, at position `state_to_index(state)`.
-      factor_names, factor_sizes: the labelled factors, in official order.
-      nuisance_names, nuisance_sizes: unlabelled variation (see
-        `ground_truth`), after the factors in the state.
+      factor_names: the labelled factors, in official order.
+      factor_sizes: the number of values of each factor.
+      nuisance_names: unlabelled variation (see `ground_truth`), after the
+        factors in the state.
+      nuisance_sizes: the number of values of each nuisance factor.
       binary: pixels are 0 or 1 (not 0..255); stored 8 pixels a byte.
       placement: "device" (accelerator memory) or "host".
       description: what the data are, for logs and errors.
@@ -161,12 +163,16 @@ class ArrayData(ground_truth.GroundTruthData):
   def rows_from_state(self, state: jax.Array) -> jax.Array:
     """The stored (uint8, maybe bit-packed) rows of the images of `state`."""
     index = self.state_to_index(state)
+    # Out-of-range states (a caller's bug) are clipped the same way in both
+    # placements, so the two never disagree.
     if self.placement == "device":
-      return jnp.take(self._rows, index, axis=0)
+      return jnp.take(self._rows, index, axis=0, mode="clip")
     out = jax.ShapeDtypeStruct((*index.shape, *self._spec.row_shape), jnp.uint8)
     host_rows = self._spec.host_rows
+    last = len(host_rows) - 1
     return jax.pure_callback(
-        lambda i: host_rows[np.asarray(i)], out, index, vmap_method="sequential")
+        lambda i: host_rows[np.clip(np.asarray(i), 0, last)], out, index,
+        vmap_method="sequential")
 
   def decode_rows(self, rows: jax.Array) -> jax.Array:
     """Stored rows `[..., row]` -> float32 images `[..., H, W, C]` in [0, 1]."""

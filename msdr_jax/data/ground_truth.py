@@ -36,10 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Nuisance values of `sample` come from `fold_in(rng, _NUISANCE_STREAM)`, so a
+# Nuisance values of `sample` come from `fold_in(rng, NUISANCE_STREAM)`, so a
 # data set without nuisance factors draws exactly what it drew before they
-# existed; the constant is far from any index `split` would produce.
-_NUISANCE_STREAM = 0x6E75
+# existed. The metrics fold their keys with the same constant.
+NUISANCE_STREAM = 0x6E75
 
 
 class GroundTruthData(abc.ABC):
@@ -125,7 +125,7 @@ class GroundTruthData(abc.ABC):
   def sample_state(self, rng: jax.Array, num: int) -> jax.Array:
     """`num` states drawn uniformly, `[num, F + N]` int32."""
     factors = self.sample_factors(rng, num)
-    return self.complete_factors(factors, jax.random.fold_in(rng, _NUISANCE_STREAM))
+    return self.complete_factors(factors, jax.random.fold_in(rng, NUISANCE_STREAM))
 
   def sample(self, rng: jax.Array, num: int) -> tuple[jax.Array, jax.Array]:
     """Returns an `(images, factors)` batch drawn uniformly from the grid."""

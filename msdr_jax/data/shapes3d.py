@@ -8,6 +8,7 @@ and sizes, so configs and metrics are shared.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from msdr_jax.data import ground_truth
 from msdr_jax.data import shapes3d_render
@@ -30,4 +31,6 @@ class Shapes3D(ground_truth.GroundTruthData):
     return (size, size, 3)
 
   def images_from_state(self, state: jax.Array) -> jax.Array:
-    return shapes3d_render.render(state)
+    # Rounded to 8 bits like the real data set's images, which the flow
+    # family's dequantisation (256 levels) assumes.
+    return jnp.round(shapes3d_render.render(state) * 255.0) / 255.0

@@ -12,10 +12,12 @@ as a flat average grey, while stage two, given stage one's output and z, can
 put the texture into its own latents w without touching z.
 
 Texture t is the sum of two sinusoidal gratings whose directions,
-frequencies (2 to 8 cycles per image width) and phases come from
-`fold_in(TEXTURE_KEY, t)`: deterministic per t, smooth enough to be
+frequencies (2 to 8 cycles per image width) and phases are row t of a fixed
+table drawn once with NumPy (`TEXTURE_PARAMETERS`, independent of JAX's
+random-number implementation): deterministic per t, smooth enough to be
 learnable, and varied enough (1024 of them) that no few latents can index
-them. A sprite pixel's intensity is 0.4 + 0.6 * pattern, in [0.4, 1].
+them. A sprite pixel's intensity is 0.4 + 0.6 * pattern, in [0.4, 1],
+rounded to 8 bits like the images of the real data sets.
 """
 
 from __future__ import annotations
@@ -34,12 +36,16 @@ MIN_CYCLES, MAX_CYCLES = 2.0, 8.0
 MIN_INTENSITY = 0.4
 
 
+# Per texture and grating: (direction, frequency, phase), each uniform in
+# [0, 1) before scaling.
+TEXTURE_PARAMETERS = np.random.default_rng(TEXTURE_SEED).random(
+    (NUM_TEXTURES, NUM_GRATINGS, 3)).astype(np.float32)
+
+
 def texture(index: jax.Array) -> jax.Array:
   """Grey-level patterns in [0, 1] of texture indices `[...]`: `[..., 64, 64]`."""
   index = jnp.asarray(index, jnp.int32)
-  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(TEXTURE_SEED), i))(
-      index.reshape(-1))
-  params = jax.vmap(lambda key: jax.random.uniform(key, (NUM_GRATINGS, 3)))(keys)
+  params = jnp.asarray(TEXTURE_PARAMETERS)[index.reshape(-1)]
   direction = 2.0 * np.pi * params[..., 0]
   cycles = MIN_CYCLES + (MAX_CYCLES - MIN_CYCLES) * params[..., 1]
   phase = 2.0 * np.pi * params[..., 2]
@@ -58,7 +64,8 @@ def render(state: jax.Array) -> jax.Array:
   state = jnp.asarray(state, jnp.int32)
   mask = dsprites.render(state[..., :5])
   intensity = MIN_INTENSITY + (1.0 - MIN_INTENSITY) * texture(state[..., 5])
-  return mask * intensity[..., None]
+  # 8-bit levels, as the flow family's dequantisation assumes.
+  return jnp.round(mask * intensity[..., None] * 255.0) / 255.0
 
 
 class TexturedDSprites(ground_truth.GroundTruthData):

@@ -111,8 +111,9 @@ def _open_sources(spec: TfdsSpec, data_dir: str):
           spec.tfds_name, data_dir, f"nothing at {builder.data_path}")) from e
     raise arrays.DataError(not_prepared_message(
         spec.tfds_name, data_dir,
-        f"{builder.data_path} exists but TFDS cannot read it without TensorFlow: "
-        f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")) from e
+        f"{builder.data_path} exists but cannot be opened for random access, which "
+        "needs the array_record file format, every split and the array_record "
+        f"package: {type(e).__name__}: {' '.join(str(e).split())[:300]}")) from e
   return builder, sources
 
 
@@ -180,7 +181,7 @@ def load(name: str, data_dir: str = "", placement: str = "device") -> arrays.Arr
   start, done, offset = time.time(), 0, 0
   for source in sources:
     for begin in range(0, len(source), _READ_BATCH):
-      examples = [source[i] for i in range(begin, min(begin + _READ_BATCH, len(source)))]
+      examples = source.__getitems__(list(range(begin, min(begin + _READ_BATCH, len(source)))))
       images = np.stack([np.asarray(example["image"], np.uint8) for example in examples])
       if spec.index_is_nuisance:
         states = np.arange(offset, offset + len(examples))[:, None]

@@ -94,14 +94,9 @@ def check_dataset(dataset: ground_truth.GroundTruthData, metric: str) -> None:
         f"{metric} is undefined for a factor with a single value ({single}).")
 
 
-# Nuisance values of metric images come from `fold_in(rng, _NUISANCE_STREAM)`
-# of the metric's own key; a constant no `split` index reaches.
-_NUISANCE_STREAM = 0x6E75
-
-
 def nuisance_key(rng: int | jax.Array) -> jax.Array:
   """The key that draws the nuisance values of a metric's images."""
-  return jax.random.fold_in(as_key(rng), _NUISANCE_STREAM)
+  return jax.random.fold_in(as_key(rng), ground_truth.NUISANCE_STREAM)
 
 
 def encode_factors(
