@@ -8,6 +8,7 @@ factors, so a test can check that every image lands at its factors' index.
 
 import contextlib
 import importlib.util
+import json
 import math
 import pathlib
 from unittest import mock
@@ -21,6 +22,7 @@ import tensorflow_datasets as tfds
 
 from msdr_jax import configuration
 from msdr_jax import data
+from msdr_jax import evaluate
 from msdr_jax.data import arrays
 from msdr_jax.data import dsprites
 from msdr_jax.data import files
@@ -468,3 +470,22 @@ def test_placement_may_change_when_a_run_resumes(tmp_path):
   config.data.source = "tfds"
   with pytest.raises(configuration.RunDirectoryError, match="data.source"):
     configuration.bind_workdir(config, str(tmp_path))
+
+
+def test_run_directories_recorded_before_data_sources_still_resume(tmp_path):
+  config = _load_config("dsprites", "preset=tiny")
+  recorded = json.loads(config.to_json())
+  for key in ("source", "data_dir", "path", "placement"):
+    del recorded["data"][key]  # What a run recorded before these keys existed.
+  (tmp_path / configuration.CONFIG_FILENAME).write_text(json.dumps(recorded))
+  configuration.check_workdir(config, str(tmp_path))
+  configuration.bind_workdir(config, str(tmp_path))
+  restored = evaluate.load_run_config(str(tmp_path))
+  assert restored.data.source == "procedural" and restored.data.placement == "device"
+  configuration.validate(restored)
+  # Their default work directory names are unchanged too.
+  old_identity = configuration._identity(configuration.flatten(recorded))
+  assert configuration.run_identity(config) == old_identity
+  config.data.source = "tfds"
+  with pytest.raises(configuration.RunDirectoryError, match="data.source is '<absent>'"):
+    configuration.check_workdir(config, str(tmp_path))
