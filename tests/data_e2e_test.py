@@ -1,15 +1,17 @@
 """End-to-end runs on the other data sets: the CLI on the procedural scenes,
-the training loop on a loaded (TFDS) data set in device and host memory, and
-the CLI's error when TFDS data are absent."""
+the training loop on a loaded (TFDS) data set in device and host memory and
+on one without factors, and the CLI's error when TFDS data are absent."""
 
 import json
 import pathlib
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 from PIL import Image
 import pytest
+import tensorflow_datasets as tfds
 
 from msdr_jax import base_config
 from msdr_jax import train
@@ -84,3 +86,26 @@ def test_cli_without_prepared_tfds_data_says_how_to_prepare_it(tmp_path):
   assert "msdr_jax: error: The TFDS data set 'smallnorb' is not prepared" in stderr
   assert "tfds build smallnorb" in stderr and "Traceback" not in stderr
   assert not workdir.exists()
+
+
+def test_training_on_a_data_set_without_factors(tmp_path):
+  # CelebA's path: photos only, so the evaluation skips the disentanglement
+  # suite and reports reconstruction (256 photos: at least one evaluation
+  # batch, as the TC estimators need).
+  photos = np.random.default_rng(0).integers(0, 256, (256, 218, 178, 3), dtype=np.uint8)
+  by_split = {"train": [dict(image=p) for p in photos[:200]],
+              "validation": [dict(image=p) for p in photos[200:230]],
+              "test": [dict(image=p) for p in photos[230:]]}
+  features = {"image": tfds.features.Image(shape=(218, 178, 3))}
+  info = lambda self: tfds.core.DatasetInfo(
+      builder=self, features=tfds.features.FeaturesDict(features))
+  config = base_config.get_config("preset=tiny", "celeb_a", "tfds")
+  config.stage2.family = "none"
+  config.eval.sample_quality.num_samples = 0
+  with mock.patch.object(tfds.builder_cls("celeb_a"), "_info", info), \
+      tfds.testing.mock_data(as_data_source_fn=lambda self, split, **kwargs:
+                             data_sources_test._Source(by_split[split])):
+    metrics = train.train_and_evaluate(config, str(tmp_path))
+  assert metrics["step"] == 6 and np.isfinite(metrics["reconstruction_mse"])
+  assert "mig" not in metrics and "metric_factors" not in metrics
+  assert (tmp_path / "reconstructions.png").exists()
