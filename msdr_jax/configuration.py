@@ -306,6 +306,14 @@ def default_workdir(config: ml_collections.ConfigDict) -> str:
   return os.path.join("runs", f"{config.name}-{fingerprint(config)}")
 
 
+def fill_legacy_defaults(config: ml_collections.ConfigDict) -> None:
+  """Adds the `LEGACY_DEFAULTS` keys a recorded config lacks, in place."""
+  for key, value in LEGACY_DEFAULTS.items():
+    section, name = key.split(".")
+    if name not in config[section]:
+      config[section][name] = value
+
+
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Raises RunDirectoryError if `workdir` holds a run of another config.
 

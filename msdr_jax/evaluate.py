@@ -65,10 +65,7 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
        if _has_key(eval_config, k)})
   config = ml_collections.ConfigDict(recorded)
   config.eval = eval_config
-  for key, value in configuration.LEGACY_DEFAULTS.items():
-    section, name = key.split(".")
-    if name not in config[section]:
-      config[section][name] = value
+  configuration.fill_legacy_defaults(config)
   return config
 
 

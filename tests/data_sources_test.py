@@ -15,6 +15,7 @@ from unittest import mock
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import scipy.io
@@ -22,7 +23,6 @@ import tensorflow_datasets as tfds
 
 from msdr_jax import configuration
 from msdr_jax import data
-from msdr_jax import evaluate
 from msdr_jax.data import arrays
 from msdr_jax.data import dsprites
 from msdr_jax.data import files
@@ -480,7 +480,9 @@ def test_run_directories_recorded_before_data_sources_still_resume(tmp_path):
   (tmp_path / configuration.CONFIG_FILENAME).write_text(json.dumps(recorded))
   configuration.check_workdir(config, str(tmp_path))
   configuration.bind_workdir(config, str(tmp_path))
-  restored = evaluate.load_run_config(str(tmp_path))
+  # What `python -m msdr_jax.evaluate` does with a recorded config.
+  restored = ml_collections.ConfigDict(recorded)
+  configuration.fill_legacy_defaults(restored)
   assert restored.data.source == "procedural" and restored.data.placement == "device"
   configuration.validate(restored)
   # Their default work directory names are unchanged too.

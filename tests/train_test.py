@@ -128,7 +128,7 @@ def test_nonfinite_gradients_with_a_finite_loss_are_caught():
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("data.name", "mnist", r"config.data.name='mnist' is unknown; choose one of \['celeb_a', 'dsprites', "),
+        ("data.name", "mnist", r"config.data.name='mnist' is unknown; choose one of \['cars3d', 'celeb_a', 'dsprites', "),
         ("stage1.model.architecture", "resnet", "config.stage1.model.architecture='resnet' is unknown"),
         ("stage1.model.likelihood", "poisson", "config.stage1.model.likelihood='poisson' is unknown"),
         ("stage1.objective.name", "vae", "config.stage1.objective.name='vae' is unknown"),
