@@ -19,8 +19,9 @@ that they cover the factor grid exactly once, as the real data sets do.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 from absl import logging
 import jax
@@ -185,6 +186,31 @@ class ArrayData(ground_truth.GroundTruthData):
 
   def images_from_state(self, state: jax.Array) -> jax.Array:
     return self.decode_rows(self.rows_from_state(state))
+
+
+def resize_images(images: np.ndarray, size: int,
+                  crop: tuple[int, int] | None = None) -> np.ndarray:
+  """uint8 [N, H, W, C] -> [N, size, size, C]: optional centre crop, then an
+  antialiased bilinear resize, rounded back to uint8.
+
+  One compilation per input shape: loaders call it on fixed-size batches.
+  """
+  return np.asarray(_resizer(crop, size)(images))
+
+
+@functools.lru_cache(maxsize=4)
+def _resizer(crop: tuple[int, int] | None, size: int) -> Callable:
+  @jax.jit
+  def resize(images):
+    if crop is not None:
+      height, width = images.shape[1:3]
+      top, left = (height - crop[0]) // 2, (width - crop[1]) // 2
+      images = images[:, top : top + crop[0], left : left + crop[1]]
+    resized = jax.image.resize(
+        images.astype(jnp.float32), (images.shape[0], size, size, images.shape[-1]),
+        method="linear", antialias=True)
+    return jnp.clip(jnp.round(resized), 0, 255).astype(jnp.uint8)
+  return resize
 
 
 class Assembler:

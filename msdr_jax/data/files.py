@@ -27,7 +27,6 @@ from typing import Sequence
 import zipfile
 
 from etils import epath
-import jax
 import numpy as np
 import scipy.io
 
@@ -136,9 +135,7 @@ def load_cars3d(directory: str, placement: str = "device",
           f"[H, W, 3, {num_azimuths}, {num_elevations}].")
     # [H, W, 3, azimuth, elevation] -> [elevation, azimuth, H, W, 3].
     views = np.transpose(mesh, (4, 3, 0, 1, 2)).reshape(-1, *mesh.shape[:3])
-    resized = jax.image.resize(views.astype(np.float32), (len(views), 64, 64, 3),
-                               method="linear", antialias=True)
-    car = np.clip(np.round(np.asarray(resized)), 0, 255).astype(np.uint8)
+    car = arrays.resize_images(views, 64)
     # Row-major (elevation, azimuth, object): this car's views are every
     # num_objects-th image.
     images[index::num_objects] = car

@@ -25,14 +25,10 @@ prepare them on a connected machine.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
-from typing import Callable
 
 from absl import logging
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from msdr_jax.data import arrays
@@ -134,29 +130,13 @@ def _grid(spec: TfdsSpec, builder, sources) -> tuple[tuple[int, ...], tuple[int,
   return factor_sizes, tuple(size(feature) for feature, _ in spec.nuisance)
 
 
-@functools.lru_cache(maxsize=4)
-def _resizer(crop: tuple[int, int] | None, size: int, channels: int) -> Callable:
-  @jax.jit
-  def resize(images):
-    if crop is not None:
-      height, width = images.shape[1:3]
-      top, left = (height - crop[0]) // 2, (width - crop[1]) // 2
-      images = images[:, top : top + crop[0], left : left + crop[1]]
-    resized = jax.image.resize(
-        images.astype(jnp.float32), (images.shape[0], size, size, channels),
-        method="linear", antialias=True)
-    return jnp.clip(jnp.round(resized), 0, 255).astype(jnp.uint8)
-  return resize
-
-
 def _to_image_size(spec: TfdsSpec, images: np.ndarray) -> np.ndarray:
   if spec.crop is None and images.shape[1:3] == (spec.image_size, spec.image_size):
     return images
   num = len(images)
   padded = np.concatenate([images, np.zeros((_READ_BATCH - num, *images.shape[1:]),
                                             images.dtype)])  # One compilation.
-  resize = _resizer(spec.crop, spec.image_size, images.shape[-1])
-  return np.asarray(resize(padded))[:num]
+  return arrays.resize_images(padded, spec.image_size, spec.crop)[:num]
 
 
 def load(name: str, data_dir: str = "", placement: str = "device") -> arrays.ArrayData:
@@ -165,32 +145,30 @@ def load(name: str, data_dir: str = "", placement: str = "device") -> arrays.Arr
   builder, sources = _open_sources(spec, data_dir)
   factor_sizes, nuisance_sizes = _grid(spec, builder, sources)
   description = f"{name} (TFDS, {builder.data_path})"
+  state_sizes = (*factor_sizes, *nuisance_sizes)
   total = sum(len(source) for source in sources)
-  if total != math.prod((*factor_sizes, *nuisance_sizes)):
+  if total != math.prod(state_sizes):
     # Checked before reading: a partial copy fails in seconds, not minutes.
     raise arrays.DataError(
         f"{description} holds {total:,} examples in splits {spec.splits}, but its "
-        f"factor grid {(*factor_sizes, *nuisance_sizes)} has "
-        f"{math.prod((*factor_sizes, *nuisance_sizes)):,} points. Is the data set "
-        "prepared completely?")
+        f"factor grid {state_sizes} has {math.prod(state_sizes):,} points. Is the "
+        "data set prepared completely?")
   channels = builder.info.features["image"].shape[-1]
   assembler = arrays.Assembler(
-      (*factor_sizes, *nuisance_sizes), (spec.image_size, spec.image_size, channels),
-      description)
+      state_sizes, (spec.image_size, spec.image_size, channels), description)
   label_features = [feature for feature, _ in (*spec.factors, *spec.nuisance)]
-  start, done, offset = time.time(), 0, 0
+  start, done = time.time(), 0
   for source in sources:
     for begin in range(0, len(source), _READ_BATCH):
       examples = source.__getitems__(list(range(begin, min(begin + _READ_BATCH, len(source)))))
       images = np.stack([np.asarray(example["image"], np.uint8) for example in examples])
       if spec.index_is_nuisance:
-        states = np.arange(offset, offset + len(examples))[:, None]
+        states = np.arange(done, done + len(examples))[:, None]
       else:
         states = np.array([[int(example[f]) for f in label_features] for example in examples],
                           np.int64).reshape(len(examples), len(label_features))
       assembler.add(_to_image_size(spec, images), states)
       done += len(examples)
-      offset += len(examples)
       if done % (50 * _READ_BATCH) < _READ_BATCH or done == total:
         logging.info("%s: read %d / %d examples (%.0f s).", name, done, total,
                      time.time() - start)
