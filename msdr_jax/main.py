@@ -6,6 +6,13 @@ r"""Trains and evaluates a multi-stage disentangled representation learner.
 
 Without --workdir the run goes to runs/<config name>-<config hash>, so the
 same command resumes an interrupted run.
+
+Training uses every device JAX sees. On several hosts, start the same command
+on each, with --distributed (Cloud TPU pods, SLURM and other clusters JAX
+detects) or with the coordinator named explicitly:
+
+  python -m msdr_jax.main --config=configs/dsprites.py \
+      --coordinator_address=host0:1234 --num_processes=2 --process_id=0
 """
 
 import sys
@@ -18,6 +25,7 @@ from ml_collections import config_flags
 
 from msdr_jax import configuration
 from msdr_jax import data
+from msdr_jax import parallel
 from msdr_jax import train
 from msdr_jax import writers
 
@@ -32,6 +40,17 @@ config_flags.DEFINE_config_file(
     "config", None, "Training configuration file.", lock_config=True
 )
 flags.mark_flags_as_required(["config"])
+flags.DEFINE_bool(
+    "distributed", False,
+    "Join a multi-host job whose coordinator JAX detects (Cloud TPU pods, "
+    "SLURM, Open MPI, Kubernetes).",
+)
+flags.DEFINE_string(
+    "coordinator_address", None,
+    "host:port of process 0 of a multi-host job (implies --distributed).",
+)
+flags.DEFINE_integer("num_processes", None, "Processes of the multi-host job.")
+flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 
 
 # Errors caused by the user's input: reported in one line, without traceback.
@@ -40,6 +59,7 @@ _USER_ERRORS = (
     configuration.RunDirectoryError,
     data.DataError,
     train.NonFiniteLossError,
+    parallel.DeviceCountError,
 )
 
 
@@ -66,6 +86,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   writers.hide_library_info_logs()
   config = FLAGS.config
+  if FLAGS.distributed or FLAGS.coordinator_address:
+    # Before anything else touches JAX's backends.
+    parallel.initialize_distributed(
+        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   try:
     configuration.validate(config)  # Before the config names a directory.
     workdir = FLAGS.workdir or configuration.default_workdir(config)

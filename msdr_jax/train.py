@@ -14,10 +14,12 @@ estimators then see each device's share of the batch, as with any per-device
 minibatch statistic.)
 
 `train_and_evaluate(config, workdir)` owns the loop: data are generated on the
-device inside the same compiled step, per-step randomness is
-`fold_in(rng, step)` (so a resumed run replays exactly the batches and noise
-an uninterrupted run would have seen), checkpoints are written by orbax, and
-the evaluation of `evaluation.py` runs at the end.
+devices inside the same compiled step, the step is one program over every
+device of every host (`parallel`: batch split over the devices, state
+replicated), per-step randomness is `fold_in(rng, step)` (so a resumed run
+replays exactly the batches and noise an uninterrupted run would have seen, on
+any number of devices), checkpoints are written by orbax in the background,
+and the evaluation of `evaluation.py` runs at the end.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from msdr_jax import evaluation
 from msdr_jax import families
 from msdr_jax import losses
 from msdr_jax import multi_stage
+from msdr_jax import parallel
 from msdr_jax import writers
 from msdr_jax.models import vae
 
@@ -278,7 +281,10 @@ def load_stage_one(
           f"{model.latent_dim}, images {'x'.join(map(str, image_shape))}): "
           f"{mismatch}. Set --config.stage1.model.* and --config.data.* to the "
           "values the checkpoint was trained with.")
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+    # Onto this process's first device, whatever devices wrote it.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
     restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
   finally:
     manager.close()
@@ -395,32 +401,58 @@ def _resume(
   return state
 
 
+def make_train_iteration(
+    train_step: Callable[..., tuple[TrainState, Metrics]],
+    batch_size: int,
+    train_rng: jax.Array,
+    mesh: jax.sharding.Mesh,
+) -> Callable[[TrainState, tuple[Any, ...], data.GroundTruthData], tuple[TrainState, Metrics]]:
+  """The training loop's compiled body, sharded over `mesh`.
+
+  `iteration(state, frozen, dataset)` draws step `state.step`'s batch on the
+  devices (each device renders or gathers its share of the images), then
+  calls `train_step(state, *frozen, images, rng)`: `frozen` is `()` for stage
+  one and `(stage1_params,)` for stage two. The batch of a step is the same
+  on any number of devices. State, `frozen` and the data set are replicated;
+  the state's buffers are donated to the updated state.
+  """
+  draw_images = parallel.map_examples(
+      lambda dataset, states: dataset.images_from_state(states), mesh)
+
+  def iteration(state, frozen, dataset):
+    step_rng = jax.random.fold_in(train_rng, state.step)
+    data_rng, model_rng = jax.random.split(step_rng)
+    states = parallel.constrain_batch(dataset.sample_state(data_rng, batch_size), mesh)
+    return train_step(state, *frozen, draw_images(dataset, states), model_rng)
+
+  return jax.jit(iteration, in_shardings=parallel.replicated(mesh),
+                 out_shardings=parallel.replicated(mesh), donate_argnums=0)
+
+
 def train_stage_one(
     config: ml_collections.ConfigDict,
     workdir: str,
     dataset: data.GroundTruthData,
     writer: writers.MetricWriter,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> TrainState:
-  """Trains (or resumes) stage one up to `config.stage1.num_steps`."""
+  """Trains (or resumes) stage one up to `config.stage1.num_steps`.
+
+  On `mesh` (default: every device of every host); the returned state is
+  replicated on it.
+  """
+  mesh = parallel.data_mesh() if mesh is None else mesh
   stage_config = config.stage1
   image_shape = dataset.observation_shape
   init_rng, train_rng, _ = rng_streams(config.seed)
-  state = create_train_state(stage_config, image_shape, init_rng)
+  state = parallel.replicate(create_train_state(stage_config, image_shape, init_rng), mesh)
   manager = _checkpoint_manager(workdir, config)
   state = _resume(manager, state, workdir, "stage1", stage_config.num_steps)
   train_step = make_train_step(stage_config, image_shape, dataset.num_images)
-
-  @functools.partial(jax.jit, donate_argnums=0)
-  def train_iteration(state, dataset):
-    # Drawing the batch is fused into the step: images are rendered, or
-    # gathered from device memory, without a host input pipeline.
-    step_rng = jax.random.fold_in(train_rng, state.step)
-    data_rng, model_rng = jax.random.split(step_rng)
-    images, _ = dataset.sample(data_rng, config.batch_size)
-    return train_step(state, images, model_rng)
-
+  iteration = make_train_iteration(train_step, config.batch_size, train_rng, mesh)
+  dataset = parallel.replicate(dataset, mesh)
   return _train_loop(
-      config, workdir, "stage1", state, lambda state: train_iteration(state, dataset),
+      config, workdir, "stage1", state, lambda state: iteration(state, (), dataset),
       manager, writer)
 
 
@@ -430,25 +462,23 @@ def train_stage_two(
     dataset: data.GroundTruthData,
     stage1_params: Any,
     writer: writers.MetricWriter,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> TrainState:
-  """Trains (or resumes) stage two on frozen `stage1_params`."""
+  """Trains (or resumes) stage two on frozen `stage1_params`, on `mesh`."""
+  mesh = parallel.data_mesh() if mesh is None else mesh
   image_shape = dataset.observation_shape
   init_rng, train_rng, _ = rng_streams(config.seed, stage=2)
-  state = create_stage_two_state(config, image_shape, stage1_params, init_rng)
+  state = parallel.replicate(
+      create_stage_two_state(config, image_shape, stage1_params, init_rng), mesh)
+  stage1_params = parallel.replicate(stage1_params, mesh)
   manager = _checkpoint_manager(workdir, config, STAGE_TWO_CHECKPOINTS)
   state = _resume(manager, state, workdir, "stage2", config.stage2.num_steps)
   train_step = make_stage_two_train_step(config, image_shape)
-
-  @functools.partial(jax.jit, donate_argnums=0)
-  def train_iteration(state, stage1_params, dataset):
-    step_rng = jax.random.fold_in(train_rng, state.step)
-    data_rng, model_rng = jax.random.split(step_rng)
-    images, _ = dataset.sample(data_rng, config.batch_size)
-    return train_step(state, stage1_params, images, model_rng)
-
+  iteration = make_train_iteration(train_step, config.batch_size, train_rng, mesh)
+  dataset = parallel.replicate(dataset, mesh)
   return _train_loop(
       config, workdir, "stage2", state,
-      lambda state: train_iteration(state, stage1_params, dataset), manager, writer)
+      lambda state: iteration(state, (stage1_params,), dataset), manager, writer)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -456,35 +486,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Stage one is trained here unless `config.stage1.checkpoint` names one to
   load; stage two (`config.stage2.family`, unless "none") is then trained on
-  it, frozen. Returns the evaluation metrics, also written to
-  `workdir/metrics.json`.
+  it, frozen. Training runs data-parallel over every device of every host
+  (`parallel`); with several processes, the first one writes the summaries
+  and runs the evaluation. Returns the evaluation metrics, also written to
+  `workdir/metrics.json` (an empty dict in the other processes).
   """
   configuration.validate(config)
+  mesh = parallel.data_mesh()
+  parallel.check_batch_size(config.batch_size, mesh.size)
   configuration.check_workdir(config, workdir)  # Before a slow data load.
   dataset = data.get_dataset(config.data)
   image_shape = dataset.observation_shape
   if config.stage1.checkpoint:
     # Checked before the run directory is created or bound.
     stage1_params, stage1_step = load_stage_one(config, image_shape)
-  configuration.bind_workdir(config, workdir)
-  with writers.MetricWriter(workdir) as writer:
+  main_process = parallel.is_main_process()
+  if main_process:
+    configuration.bind_workdir(config, workdir)
+  parallel.sync_processes("msdr_jax: work directory bound")
+  with writers.MetricWriter(workdir, enabled=main_process) as writer:
     start = time.time()
     if config.stage1.checkpoint:
       logging.info("Loaded stage one (step %d) from %s.", stage1_step,
                    config.stage1.checkpoint)
     else:
-      state = train_stage_one(config, workdir, dataset, writer)
-      stage1_params, stage1_step = state.params, int(state.step)
+      state = train_stage_one(config, workdir, dataset, writer, mesh)
+      stage1_params, stage1_step = parallel.to_host(state.params), int(state.step)
+      del state  # Frees the replicas and the optimizer state.
       logging.info("Stage one trained in %.1f s.", time.time() - start)
-    results = evaluation.evaluate_stage_one(
-        config, workdir, dataset, stage1_params, stage1_step,
-        rng_streams(config.seed)[2], writer)
-    if config.stage2.family == families.NO_STAGE_TWO:
-      return results
-    start = time.time()
-    state = train_stage_two(config, workdir, dataset, stage1_params, writer)
-    logging.info("Stage two trained in %.1f s; evaluating.", time.time() - start)
-    return evaluation.evaluate_multi_stage(
-        config, workdir, dataset, {"stage1": stage1_params, "stage2": state.params},
-        int(state.step), rng_streams(config.seed)[2],
-        rng_streams(config.seed, stage=2)[2], writer, results)
+    # The evaluation runs on one device of the first process, on host copies
+    # of the parameters; the other processes go on to stage two and wait for
+    # it at stage two's first step.
+    results = {}
+    if main_process:
+      results = evaluation.evaluate_stage_one(
+          config, workdir, dataset, stage1_params, stage1_step,
+          rng_streams(config.seed)[2], writer)
+    if config.stage2.family != families.NO_STAGE_TWO:
+      start = time.time()
+      state = train_stage_two(config, workdir, dataset, stage1_params, writer, mesh)
+      logging.info("Stage two trained in %.1f s; evaluating.", time.time() - start)
+      stage2_params, stage2_step = parallel.to_host(state.params), int(state.step)
+      del state
+      if main_process:
+        results = evaluation.evaluate_multi_stage(
+            config, workdir, dataset, {"stage1": stage1_params, "stage2": stage2_params},
+            stage2_step, rng_streams(config.seed)[2],
+            rng_streams(config.seed, stage=2)[2], writer, results)
+  parallel.sync_processes("msdr_jax: evaluation done")
+  return results

@@ -24,18 +24,26 @@ def hide_library_info_logs() -> None:
 
 
 class MetricWriter:
-  """TensorBoard event files in `logdir` (readable by `tensorboard --logdir`)."""
+  """TensorBoard event files in `logdir` (readable by `tensorboard --logdir`).
 
-  def __init__(self, logdir: str):
-    self._writer = tensorboardX.SummaryWriter(logdir=str(logdir))
+  With `enabled=False` (the processes of a multi-host run but the first)
+  nothing is written.
+  """
+
+  def __init__(self, logdir: str, enabled: bool = True):
+    self._writer = tensorboardX.SummaryWriter(logdir=str(logdir)) if enabled else None
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    if self._writer is None:
+      return
     for name, value in scalars.items():
       self._writer.add_scalar(name, float(value), global_step=step)
     self._writer.flush()
 
   def write_image(self, step: int, name: str, image: np.ndarray) -> None:
     """`image` is [H, W] or [H, W, C] with values in [0, 1]."""
+    if self._writer is None:
+      return
     image = np.asarray(image, np.float32)
     if image.ndim == 2:
       image = image[..., None]
@@ -43,7 +51,8 @@ class MetricWriter:
     self._writer.flush()
 
   def close(self) -> None:
-    self._writer.close()
+    if self._writer is not None:
+      self._writer.close()
 
   def __enter__(self) -> "MetricWriter":
     return self

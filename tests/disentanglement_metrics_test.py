@@ -235,6 +235,9 @@ def test_suite_selects_metrics_and_refuses_unknown_ones(dataset):
   settings.metrics = "mig,sap"
   assert {k.split("/")[0] for k in metrics.evaluate(identity, dataset, 0, settings)} == {
       "mig", "sap"}
+  for none in ("", "none"):
+    settings.metrics = none
+    assert metrics.evaluate(identity, dataset, 0, settings) == {}
   settings.metrics = "mig,beta"
   with pytest.raises(ValueError, match=r"Unknown metric\(s\) \['beta'\]"):
     metrics.evaluate(identity, dataset, 0, settings)

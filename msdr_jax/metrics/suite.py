@@ -157,6 +157,8 @@ def evaluate_draws(
   timings = {} if timings is None else timings
   settings = settings or default_settings()
   names = parse_metrics(settings.metrics)
+  if not names:
+    return {}
   # Every image of every metric is encoded in one pass over their union.
   start = time.perf_counter()
   present = [(field, value) for field, value in _factor_arrays(draws) if value is not None]

@@ -1,0 +1,194 @@
+"""Data parallelism over every device of every host.
+
+Two ways to run the same pure train steps of `train.py` on many devices:
+
+* **Sharded jit** (what the training loop uses). One program over a 1-D
+  device mesh with a `data` axis: the batch is split over the axis, the
+  parameters, optimizer state and data set are replicated, and XLA inserts
+  the gradient all-reduce. Its numbers are those of the single-device step on
+  the whole batch (up to the order of float additions): the total-correlation
+  estimators see the whole batch, and the random draws do not depend on the
+  number of devices (`jax_threefry_partitionable`). So a run may resume on a
+  different number of devices.
+
+    mesh = parallel.data_mesh()
+    step = parallel.jit_sharded(
+        train.make_train_step(config.stage1, shape, num_images), mesh,
+        batch_argnums=(1,))
+    state, metrics = step(parallel.replicate(state, mesh),
+                          parallel.shard_batch(images, mesh), rng)
+
+* **pmap**: the steps built with an `axis_name` average gradients with
+  `jax.lax.pmean`, for code written around `jax.pmap`:
+
+    step = jax.pmap(train.make_train_step(..., axis_name="batch"),
+                    axis_name="batch", in_axes=(None, 0, 0))
+    state, metrics = step(state, parallel.split_for_pmap(images), rngs)
+
+  Each device then computes its own minibatch statistics (the
+  total-correlation estimators see 1/n of the batch) with its own random key,
+  as in any pmapped program.
+
+Several hosts: start every process with the same command and the flags of
+`initialize_distributed` (`main.py`); `jax.devices()` then spans all hosts,
+and every process runs the same sharded program.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Sequence
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
+DATA_AXIS = "data"
+
+
+class DeviceCountError(ValueError):
+  """The batch cannot be split evenly over the devices."""
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+  """Joins a multi-process JAX job (`jax.distributed.initialize`).
+
+  With no arguments the cluster is detected (Cloud TPU pods, SLURM, Open MPI,
+  Kubernetes); otherwise every process names the same coordinator
+  (`host:port` of process 0), the number of processes, and its own id. Must
+  run before anything else touches JAX.
+  """
+  jax.distributed.initialize(
+      coordinator_address=coordinator_address, num_processes=num_processes,
+      process_id=process_id)
+  logging.info("Process %d of %d; %d local of %d devices.", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def is_main_process() -> bool:
+  """The process that writes logs, summaries and evaluation results."""
+  return jax.process_index() == 0
+
+
+def sync_processes(name: str) -> None:
+  """Waits until every process has reached the barrier `name` (no-op alone)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """A 1-D mesh with axis `data` over `devices` (default: all, all hosts)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def batch_sharded(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """Leading (batch) axis split over `data`, other axes whole."""
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS))
+
+
+def check_batch_size(batch_size: int, num_devices: int, what: str = "config.batch_size") -> None:
+  """Raises DeviceCountError unless `batch_size` splits evenly over the devices."""
+  if batch_size % num_devices:
+    lower = max(num_devices, batch_size // num_devices * num_devices)
+    higher = (batch_size // num_devices + 1) * num_devices
+    raise DeviceCountError(
+        f"{what}={batch_size} does not split evenly over {num_devices} devices. "
+        f"Use a multiple of {num_devices} (e.g. --{what}={lower} or {higher}), or "
+        "fewer devices (CUDA_VISIBLE_DEVICES / TPU_VISIBLE_CHIPS).")
+
+
+def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """A copy of `tree` on every device of `mesh` (every process passes the same values).
+
+  Built from host values shard by shard, so it works when the mesh spans
+  several processes, whose devices this one cannot address.
+  """
+  sharding = replicated(mesh)
+
+  def put(leaf):
+    if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
+      return leaf
+    host = np.asarray(jax.device_get(leaf))
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+  return jax.tree_util.tree_map(put, tree)
+
+
+def to_host(tree: Any) -> Any:
+  """NumPy copies of replicated (possibly multi-host) arrays."""
+  return jax.tree_util.tree_map(
+      lambda leaf: np.asarray(leaf.addressable_data(0)) if isinstance(leaf, jax.Array)
+      else np.asarray(leaf), tree)
+
+
+def shard_batch(batch: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Splits the leading axis of every leaf of a global batch over `data`."""
+  sharding = batch_sharded(mesh)
+
+  def put(leaf):
+    check_batch_size(leaf.shape[0], mesh.size, "batch size")
+    host = np.asarray(jax.device_get(leaf))
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+  return jax.tree_util.tree_map(put, batch)
+
+
+def constrain_batch(batch: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Inside jit: lay a batch computed on the devices out along `data`."""
+  return jax.lax.with_sharding_constraint(batch, batch_sharded(mesh))
+
+
+def jit_sharded(
+    step: Callable[..., Any],
+    mesh: jax.sharding.Mesh,
+    batch_argnums: Sequence[int],
+    donate_argnums: Sequence[int] = (0,),
+) -> Callable[..., Any]:
+  """`jax.jit` of `step` with its `batch_argnums` split over `data`.
+
+  Every other argument and every output is replicated. Argument 0 (the train
+  state) is donated by default, so the updated state reuses its buffers.
+  """
+  num_args = len(inspect.signature(step).parameters)
+  in_shardings = tuple(batch_sharded(mesh) if i in batch_argnums else replicated(mesh)
+                       for i in range(num_args))
+  return jax.jit(step, in_shardings=in_shardings, out_shardings=replicated(mesh),
+                 donate_argnums=tuple(donate_argnums))
+
+
+def split_for_pmap(batch: Any, num_devices: int | None = None) -> Any:
+  """[B, ...] -> [n, B / n, ...] for `jax.pmap` over n local devices."""
+  num_devices = num_devices or jax.local_device_count()
+
+  def split(leaf):
+    check_batch_size(leaf.shape[0], num_devices, "batch size")
+    return leaf.reshape(num_devices, leaf.shape[0] // num_devices, *leaf.shape[1:])
+
+  return jax.tree_util.tree_map(split, batch)
+
+
+def map_examples(
+    fn: Callable[[Any, jax.Array], jax.Array], mesh: jax.sharding.Mesh
+) -> Callable[[Any, jax.Array], jax.Array]:
+  """`fn(context, examples)` run by each device on its own shard of `examples`.
+
+  For per-example work inside a sharded step, e.g. rendering or gathering the
+  images of a batch of states: every device produces only its share, from its
+  replica of `context` (the data set), and the result is split along `data`.
+  `fn` must treat the examples independently.
+  """
+  spec = jax.sharding.PartitionSpec
+  # check_vma=False: host callbacks (data sets kept in host memory) have no
+  # replication rule, and per-example work needs none.
+  return jax.shard_map(fn, mesh=mesh, in_specs=(spec(), spec(DATA_AXIS)),
+                       out_specs=spec(DATA_AXIS), check_vma=False)
