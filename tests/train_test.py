@@ -27,14 +27,16 @@ def test_readme_train_step_example_runs():
   readme = (REPO / "README.md").read_text()
   blocks = [
       re.search(rf"<!-- {name} -->\s*```python\n(.*?)```", readme, re.S)
-      for name in ("train-step-example", "stage-two-example", "metrics-example")
+      for name in ("train-step-example", "stage-two-example", "pmap-example",
+                   "metrics-example")
   ]
   assert all(blocks), "README lost a train-step or metrics example"
   namespace = {}
   for block in blocks:
     exec(compile(block.group(1), "README.md", "exec"), namespace)  # pylint: disable=exec-used
   assert np.isfinite(float(namespace["metrics"]["loss"]))
-  assert int(namespace["state"].step) == 3
+  assert int(namespace["state"].step) == 4  # 3 steps, then 1 pmapped step.
+  assert np.isfinite(float(namespace["device_metrics"]["loss"][0]))
   assert np.isfinite(float(namespace["metrics2"]["loss"]))
   assert int(namespace["state2"].step) == 3
   assert namespace["reconstructions"].shape == namespace["images"].shape
