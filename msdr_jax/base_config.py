@@ -120,7 +120,10 @@ def get_config(arg: str, data_name: str, default_source: str) -> ml_collections.
   config.stage2.gmm.num_components = 10
   config.stage2.gmm.min_scale = 0.05
 
-  config.batch_size = 64
+  config.batch_size = 64  # The global batch, split over all devices.
+  # Convolutions and matrix products of both stages in bfloat16 (parameters,
+  # losses and optimizer stay float32): for TPUs and recent GPUs.
+  config.compute_dtype = "float32"
 
   config.log_every_steps = 500
   config.checkpoint_every_steps = 5_000

@@ -56,6 +56,7 @@ LEGACY_DEFAULTS = {
     "data.data_dir": "",
     "data.path": "",
     "data.placement": "device",
+    "compute_dtype": "float32",
 }
 
 
@@ -120,6 +121,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "names the default work directory."
     )
   _check_number(config, "seed", int, lambda v: v >= 0, ">= 0")
+  _check_choice(config, "compute_dtype", train.COMPUTE_DTYPES)
   _validate_data(config, data)
   _check_choice(config, "stage1.model.architecture", architectures.ARCHITECTURES)
   _check_number(config, "stage1.model.latent_dim", int, *at_least_one)
@@ -309,9 +311,12 @@ def default_workdir(config: ml_collections.ConfigDict) -> str:
 def fill_legacy_defaults(config: ml_collections.ConfigDict) -> None:
   """Adds the `LEGACY_DEFAULTS` keys a recorded config lacks, in place."""
   for key, value in LEGACY_DEFAULTS.items():
-    section, name = key.split(".")
-    if name not in config[section]:
-      config[section][name] = value
+    *sections, name = key.split(".")
+    node = config
+    for section in sections:
+      node = node[section]
+    if name not in node:
+      node[name] = value
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:

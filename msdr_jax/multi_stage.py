@@ -18,6 +18,11 @@ The stage-two loss takes the stage-one parameters as an ordinary argument,
 `loss(stage2_params, stage1_params, images, rng)`, and stops their gradient:
 stage one is frozen by construction, and a different stage-one checkpoint is
 just a different argument value (no recompilation).
+
+`compute_dtype=jnp.bfloat16` runs the networks of both stages in bfloat16
+(mixed precision); the parameters, the conditioning c and the losses stay
+float32, and the parameter trees are those of float32, so checkpoints move
+freely between the two.
 """
 
 from __future__ import annotations
@@ -38,12 +43,15 @@ Params = Any
 
 
 def family_from_config(
-    config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]
+    config: ml_collections.ConfigDict,
+    image_shape: tuple[int, int, int],
+    compute_dtype: Any = jnp.float32,
 ) -> base.Family:
   """The stage-two family of `config.stage2` for images of `image_shape`."""
   family = FAMILIES[config.stage2.family]
   return family.from_config(
-      config.stage2, tuple(image_shape), config.stage1.model.likelihood)
+      config.stage2, tuple(image_shape), config.stage1.model.likelihood,
+      compute_dtype=compute_dtype)
 
 
 def condition_on_codes(
@@ -76,10 +84,16 @@ class MultiStageModel:
   stage2: base.Family
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, image_shape) -> MultiStageModel:
+  def from_config(
+      cls,
+      config: ml_collections.ConfigDict,
+      image_shape,
+      compute_dtype: Any = jnp.float32,
+  ) -> MultiStageModel:
+    """Both stages of `config`, their networks computing in `compute_dtype`."""
     return cls(
-        stage1=vae.model_from_config(config.stage1.model, image_shape),
-        stage2=family_from_config(config, image_shape),
+        stage1=vae.model_from_config(config.stage1.model, image_shape, compute_dtype),
+        stage2=family_from_config(config, image_shape, compute_dtype),
     )
 
   def loss(self, stage2_params, stage1_params, images, rng):
@@ -134,7 +148,13 @@ class MultiStageModel:
 
 
 def make_loss_fn(
-    config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]
+    config: ml_collections.ConfigDict,
+    image_shape: tuple[int, int, int],
+    compute_dtype: Any = jnp.float32,
 ) -> Callable[..., tuple[jax.Array, base.Metrics]]:
-  """Returns `loss(stage2_params, stage1_params, images, rng) -> (loss, metrics)`."""
-  return MultiStageModel.from_config(config, image_shape).loss
+  """Returns `loss(stage2_params, stage1_params, images, rng) -> (loss, metrics)`.
+
+  With `compute_dtype=jnp.bfloat16` the networks compute in bfloat16; the
+  loss and the gradients with respect to the float32 parameters are float32.
+  """
+  return MultiStageModel.from_config(config, image_shape, compute_dtype).loss

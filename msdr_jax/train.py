@@ -54,6 +54,10 @@ OPTIMIZERS: dict[str, Callable[[ml_collections.ConfigDict], optax.GradientTransf
     "adam": lambda c: optax.adam(c.learning_rate, b1=c.b1, b2=c.b2, eps=c.eps),
 }
 
+# `config.compute_dtype`: what the networks' convolutions and products compute
+# in. Parameters, gradients, losses and the optimizer stay float32.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
 
 class TrainState(train_state.TrainState):
   """step, params and opt_state (pytree leaves); apply_fn and tx are static."""
@@ -98,9 +102,13 @@ def make_loss_fn(
     stage_config: ml_collections.ConfigDict,
     image_shape: tuple[int, int, int],
     dataset_size: int,
+    compute_dtype: Any = jnp.float32,
 ) -> Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, Metrics]]:
-  """Returns `loss_fn(params, images, rng) -> (loss, terms)` of the objective."""
-  model = vae.model_from_config(stage_config.model, image_shape)
+  """Returns `loss_fn(params, images, rng) -> (loss, terms)` of the objective.
+
+  The networks compute in `compute_dtype` (see `COMPUTE_DTYPES`).
+  """
+  model = vae.model_from_config(stage_config.model, image_shape, compute_dtype)
   likelihood = losses.LIKELIHOODS[stage_config.model.likelihood]
   objective = losses.objective_from_config(stage_config.objective, dataset_size)
 
@@ -118,6 +126,7 @@ def make_train_step(
     image_shape: tuple[int, int, int],
     dataset_size: int,
     axis_name: str | None = None,
+    compute_dtype: Any = jnp.float32,
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, Metrics]]:
   """Returns the pure `train_step(state, batch, rng) -> (state, metrics)`.
 
@@ -127,8 +136,10 @@ def make_train_step(
     dataset_size: N of the total-correlation estimators.
     axis_name: if set, gradients and metrics are averaged over this mapped
       axis (data parallelism under `jax.pmap` / `shard_map`).
+    compute_dtype: what the networks compute in (`COMPUTE_DTYPES`); the
+      parameters, gradients and loss stay float32.
   """
-  loss_fn = make_loss_fn(stage_config, image_shape, dataset_size)
+  loss_fn = make_loss_fn(stage_config, image_shape, dataset_size, compute_dtype)
 
   def train_step(state: TrainState, batch: jax.Array, rng: jax.Array):
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch, rng)
@@ -168,15 +179,17 @@ def make_stage_two_train_step(
     config: ml_collections.ConfigDict,
     image_shape: tuple[int, int, int],
     axis_name: str | None = None,
+    compute_dtype: Any = jnp.float32,
 ) -> Callable[[TrainState, Any, jax.Array, jax.Array], tuple[TrainState, Metrics]]:
   """Returns the pure `train_step(state, stage1_params, batch, rng)`.
 
   The frozen stage-one parameters are an ordinary input: the gradient is
   taken with respect to `state.params` only, and the loss stops stage one's
   gradient as well, so nothing can flow into it. Passing another stage-one
-  checkpoint reuses the compiled step.
+  checkpoint reuses the compiled step. `axis_name` and `compute_dtype` are
+  those of `make_train_step`.
   """
-  loss_fn = multi_stage.make_loss_fn(config, image_shape)
+  loss_fn = multi_stage.make_loss_fn(config, image_shape, compute_dtype)
 
   def train_step(state: TrainState, stage1_params, batch: jax.Array, rng: jax.Array):
     grads, metrics = jax.grad(loss_fn, has_aux=True)(
@@ -448,7 +461,8 @@ def train_stage_one(
   state = parallel.replicate(create_train_state(stage_config, image_shape, init_rng), mesh)
   manager = _checkpoint_manager(workdir, config)
   state = _resume(manager, state, workdir, "stage1", stage_config.num_steps)
-  train_step = make_train_step(stage_config, image_shape, dataset.num_images)
+  train_step = make_train_step(stage_config, image_shape, dataset.num_images,
+                               compute_dtype=COMPUTE_DTYPES[config.compute_dtype])
   iteration = make_train_iteration(train_step, config.batch_size, train_rng, mesh)
   dataset = parallel.replicate(dataset, mesh)
   return _train_loop(
@@ -473,7 +487,8 @@ def train_stage_two(
   stage1_params = parallel.replicate(stage1_params, mesh)
   manager = _checkpoint_manager(workdir, config, STAGE_TWO_CHECKPOINTS)
   state = _resume(manager, state, workdir, "stage2", config.stage2.num_steps)
-  train_step = make_stage_two_train_step(config, image_shape)
+  train_step = make_stage_two_train_step(
+      config, image_shape, compute_dtype=COMPUTE_DTYPES[config.compute_dtype])
   iteration = make_train_iteration(train_step, config.batch_size, train_rng, mesh)
   dataset = parallel.replicate(dataset, mesh)
   return _train_loop(

@@ -477,6 +477,7 @@ def test_run_directories_recorded_before_data_sources_still_resume(tmp_path):
   recorded = json.loads(config.to_json())
   for key in ("source", "data_dir", "path", "placement"):
     del recorded["data"][key]  # What a run recorded before these keys existed.
+  del recorded["compute_dtype"]
   (tmp_path / configuration.CONFIG_FILENAME).write_text(json.dumps(recorded))
   configuration.check_workdir(config, str(tmp_path))
   configuration.bind_workdir(config, str(tmp_path))
@@ -484,6 +485,7 @@ def test_run_directories_recorded_before_data_sources_still_resume(tmp_path):
   restored = ml_collections.ConfigDict(recorded)
   configuration.fill_legacy_defaults(restored)
   assert restored.data.source == "procedural" and restored.data.placement == "device"
+  assert restored.compute_dtype == "float32"
   configuration.validate(restored)
   # Their default work directory names are unchanged too.
   old_identity = configuration._identity(configuration.flatten(recorded))

@@ -10,6 +10,12 @@ p(x | c, w) with new latents w that are independent of z a priori:
 Families are frozen dataclasses of static hyperparameters; their parameters
 live outside them, so every method is a pure function of
 `(params, conditioning, ...)` that can be jitted, vmapped or pmapped.
+
+Every family takes a `compute_dtype` (`from_config(..., compute_dtype=...)`,
+float32 by default): with bfloat16 its networks compute in bfloat16 while the
+parameters and everything the loss is made of (likelihoods, log-densities,
+log-determinants, KL terms, reparameterised samples) stay float32, and the
+parameter tree does not depend on it.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,9 +52,11 @@ class Flow(base.Family):
   hidden_features: int = 32
   logit_alpha: float = 0.05
   sample_temperature: float = 0.5
+  compute_dtype: Any = jnp.float32
 
   @classmethod
-  def from_config(cls, stage2_config, image_shape, likelihood: str):
+  def from_config(cls, stage2_config, image_shape, likelihood: str,
+                  compute_dtype: Any = jnp.float32):
     del likelihood  # The flow has its own (exact) likelihood.
     config = stage2_config.flow
     return cls(
@@ -64,6 +67,7 @@ class Flow(base.Family):
         hidden_features=config.hidden_features,
         logit_alpha=config.logit_alpha,
         sample_temperature=config.sample_temperature,
+        compute_dtype=compute_dtype,
     )
 
   @property
@@ -73,6 +77,7 @@ class Flow(base.Family):
         num_couplings=self.num_couplings,
         hidden_features=self.hidden_features,
         logit_alpha=self.logit_alpha,
+        dtype=self.compute_dtype,
     )
 
   @property

@@ -24,6 +24,7 @@ player on its own objective, and the family fits the common train step.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,9 +49,11 @@ class ConditionalGAN(base.Family):
   latent_dim: int
   kl_weight: float
   adversarial_weight: float
+  compute_dtype: Any = jnp.float32
 
   @classmethod
-  def from_config(cls, stage2_config, image_shape, likelihood: str):
+  def from_config(cls, stage2_config, image_shape, likelihood: str,
+                  compute_dtype: Any = jnp.float32):
     return cls(
         image_shape=tuple(image_shape),
         conditioning=stage2_config.conditioning,
@@ -58,19 +61,22 @@ class ConditionalGAN(base.Family):
         latent_dim=stage2_config.gan.latent_dim,
         kl_weight=stage2_config.gan.kl_weight,
         adversarial_weight=stage2_config.gan.adversarial_weight,
+        compute_dtype=compute_dtype,
     )
 
   @property
   def encoder(self) -> refiner.ConditionalEncoder:
-    return refiner.ConditionalEncoder(self.latent_dim, self.conditioning)
+    return refiner.ConditionalEncoder(
+        self.latent_dim, self.conditioning, dtype=self.compute_dtype)
 
   @property
   def generator(self) -> refiner.Refiner:
-    return refiner.Refiner(self.conditioning, self.image_shape[-1])
+    return refiner.Refiner(
+        self.conditioning, self.image_shape[-1], dtype=self.compute_dtype)
 
   @property
   def discriminator(self) -> refiner.PatchDiscriminator:
-    return refiner.PatchDiscriminator(self.conditioning)
+    return refiner.PatchDiscriminator(self.conditioning, dtype=self.compute_dtype)
 
   def init(self, rng, cond, images):
     encoder_rng, generator_rng, discriminator_rng = jax.random.split(rng, 3)

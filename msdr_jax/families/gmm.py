@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -42,12 +43,13 @@ class ConditionalMixture(nn.Module):
   channels: int
   min_scale: float
   initial_scale: float = 0.25
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, cond: base.Conditioning):
     logits, features = refiner.Refiner(
         self.conditioning, self.num_components * self.channels,
-        zero_init_correction=False)(cond, None)
+        zero_init_correction=False, dtype=self.dtype)(cond, None)
     batch, height, width, _ = logits.shape
     logits = logits.reshape(batch, height, width, self.num_components, self.channels)
     logits = jnp.moveaxis(logits, 3, 1)
@@ -60,8 +62,9 @@ class ConditionalMixture(nn.Module):
     # Neither stops the mixture from collapsing onto one or two components
     # on dSprites (see `components_used`): the shared U-Net trunk learns
     # from the winning component and the others fall behind.
-    log_weights = jax.nn.log_softmax(
-        nn.Dense(self.num_components, kernel_init=nn.initializers.zeros)(features))
+    weight_logits = nn.Dense(self.num_components, kernel_init=nn.initializers.zeros,
+                             dtype=self.dtype)(features)
+    log_weights = jax.nn.log_softmax(weight_logits.astype(jnp.float32))
     raw_scales = self.param(
         "raw_scales", nn.initializers.constant(_inverse_softplus(
             self.initial_scale - self.min_scale)), (self.num_components,))
@@ -76,21 +79,25 @@ class ConditionalGMM(base.Family):
   conditioning: str
   num_components: int
   min_scale: float
+  compute_dtype: Any = jnp.float32
 
   @classmethod
-  def from_config(cls, stage2_config, image_shape, likelihood: str):
+  def from_config(cls, stage2_config, image_shape, likelihood: str,
+                  compute_dtype: Any = jnp.float32):
     del likelihood  # The components are Gaussian whatever stage one used.
     return cls(
         image_shape=tuple(image_shape),
         conditioning=stage2_config.conditioning,
         num_components=stage2_config.gmm.num_components,
         min_scale=stage2_config.gmm.min_scale,
+        compute_dtype=compute_dtype,
     )
 
   @property
   def mixture(self) -> ConditionalMixture:
     return ConditionalMixture(
-        self.conditioning, self.num_components, self.image_shape[-1], self.min_scale)
+        self.conditioning, self.num_components, self.image_shape[-1], self.min_scale,
+        dtype=self.compute_dtype)
 
   def init(self, rng, cond, images):
     del images

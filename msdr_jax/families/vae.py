@@ -12,6 +12,7 @@ from the graph, not from a penalty.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,24 +32,29 @@ class ConditionalVAE(base.Family):
   likelihood: str
   latent_dim: int
   beta: float
+  compute_dtype: Any = jnp.float32
 
   @classmethod
-  def from_config(cls, stage2_config, image_shape, likelihood: str):
+  def from_config(cls, stage2_config, image_shape, likelihood: str,
+                  compute_dtype: Any = jnp.float32):
     return cls(
         image_shape=tuple(image_shape),
         conditioning=stage2_config.conditioning,
         likelihood=likelihood,
         latent_dim=stage2_config.vae.latent_dim,
         beta=stage2_config.vae.beta,
+        compute_dtype=compute_dtype,
     )
 
   @property
   def encoder(self) -> refiner.ConditionalEncoder:
-    return refiner.ConditionalEncoder(self.latent_dim, self.conditioning)
+    return refiner.ConditionalEncoder(
+        self.latent_dim, self.conditioning, dtype=self.compute_dtype)
 
   @property
   def decoder(self) -> refiner.Refiner:
-    return refiner.Refiner(self.conditioning, self.image_shape[-1])
+    return refiner.Refiner(
+        self.conditioning, self.image_shape[-1], dtype=self.compute_dtype)
 
   def init(self, rng, cond, images):
     encoder_rng, decoder_rng = jax.random.split(rng)

@@ -15,12 +15,17 @@ The strided convolutions are `layers.Stride2Conv` /
 `layers.Stride2ConvTranspose`: the same functions and parameters as
 `flax.linen.Conv` / `ConvTranspose` with SAME padding, with gradients
 reformulated to run faster on CPUs (see `layers.py`).
+
+Both networks take a computation `dtype` (bfloat16 for mixed precision); the
+parameters stay float32 and the outputs are cast back to float32, so the
+likelihood, the KL and the reparameterised sample are always float32.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import functools
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -62,38 +67,43 @@ ARCHITECTURES = {
 
 
 class ConvEncoder(nn.Module):
-  """Images [B, H, W, C] -> (mean, log_var) of q(z|x), each [B, K]."""
+  """Images [B, H, W, C] -> (mean, log_var) of q(z|x), each [B, K] float32."""
 
   architecture: Architecture
   latent_dim: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     h = images
     for features, kernel in self.architecture.encoder_convs:
-      h = nn.relu(layers.Stride2Conv(features, kernel)(h))
+      h = nn.relu(layers.Stride2Conv(features, kernel, dtype=self.dtype)(h))
     h = h.reshape(h.shape[0], -1)
     for width in self.architecture.encoder_dense:
-      h = nn.relu(nn.Dense(width)(h))
-    mean, log_var = jnp.split(nn.Dense(2 * self.latent_dim)(h), 2, axis=-1)
+      h = nn.relu(nn.Dense(width, dtype=self.dtype)(h))
+    out = nn.Dense(2 * self.latent_dim, dtype=self.dtype)(h).astype(jnp.float32)
+    mean, log_var = jnp.split(out, 2, axis=-1)
     return mean, log_var
 
 
 class ConvDecoder(nn.Module):
-  """Latents [B, K] -> likelihood parameters (logits) [B, H, W, C]."""
+  """Latents [B, K] -> likelihood parameters (logits) [B, H, W, C] float32."""
 
   architecture: Architecture
   image_shape: Sequence[int]
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, latents: jax.Array) -> jax.Array:
     height, width, channels = self.image_shape
     grid = (height // _DOWNSAMPLING, width // _DOWNSAMPLING)
+    dense = functools.partial(nn.Dense, dtype=self.dtype)
     h = latents
     for hidden in self.architecture.decoder_dense:
-      h = nn.relu(nn.Dense(hidden)(h))
-    h = nn.relu(nn.Dense(grid[0] * grid[1] * self.architecture.decoder_channels)(h))
+      h = nn.relu(dense(hidden)(h))
+    h = nn.relu(dense(grid[0] * grid[1] * self.architecture.decoder_channels)(h))
     h = h.reshape(h.shape[0], *grid, self.architecture.decoder_channels)
     for features in self.architecture.decoder_convs:
-      h = nn.relu(layers.Stride2ConvTranspose(features, 4)(h))
-    return layers.Stride2ConvTranspose(channels, 4)(h)
+      h = nn.relu(layers.Stride2ConvTranspose(features, 4, dtype=self.dtype)(h))
+    logits = layers.Stride2ConvTranspose(channels, 4, dtype=self.dtype)(h)
+    return logits.astype(jnp.float32)

@@ -44,11 +44,17 @@ Every coupling net ends in a zero-initialised convolution, so a fresh flow is
 exactly the logit transform plus squeeze, and the conditioning starts to
 matter as soon as those layers move away from zero (the paths from z and y
 to the output exist from the start, so their gradients do too).
+
+Mixed precision (`dtype=jnp.bfloat16`) applies to the coupling networks only:
+their (shift, raw log-scale) are cast to float32 before the affine
+transform, so the bijection itself, its log-determinant (a sum of D terms)
+and the base density are float32, and `inverse` undoes `forward` to float32
+accuracy. ActNorm and the logit transform have no network and stay float32.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -144,20 +150,23 @@ class CouplingNet(nn.Module):
 
   3x3 conv -> ReLU -> 1x1 conv -> ReLU -> 3x3 conv (zero-initialised). The
   code enters as per-channel biases on both hidden layers, the image as extra
-  input channels, so both reach every output.
+  input channels, so both reach every output. The outputs are float32
+  whatever the computation `dtype`.
   """
 
   hidden_features: int
   out_features: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, a: jax.Array, image: jax.Array | None, code: jax.Array | None):
     h = a if image is None else jnp.concatenate([a, image], axis=-1)
     film = None
     if code is not None:
-      film = nn.Dense(2 * self.hidden_features, name="film")(code)[:, None, None, :]
+      film = nn.Dense(2 * self.hidden_features, dtype=self.dtype,
+                      name="film")(code)[:, None, None, :]
       film = jnp.split(film, 2, axis=-1)
-    h = nn.Conv(self.hidden_features, (3, 3), name="conv_in")(h)
+    h = nn.Conv(self.hidden_features, (3, 3), dtype=self.dtype, name="conv_in")(h)
     if film is not None:
       h = h + film[0]
     h = nn.relu(h)
@@ -165,14 +174,15 @@ class CouplingNet(nn.Module):
     # the kernel gradient of the [N, C] x [C, D] form 2x faster than that of
     # the 4-D convolution or einsum.
     shape = h.shape
-    h = nn.Dense(self.hidden_features, name="dense_hidden")(h.reshape(-1, shape[-1]))
+    h = nn.Dense(self.hidden_features, dtype=self.dtype,
+                 name="dense_hidden")(h.reshape(-1, shape[-1]))
     h = h.reshape(shape)
     if film is not None:
       h = h + film[1]
     h = nn.relu(h)
     out = nn.Conv(2 * self.out_features, (3, 3), kernel_init=nn.initializers.zeros,
-                  name="conv_out")(h)
-    shift, raw_log_scale = jnp.split(out, 2, axis=-1)
+                  dtype=self.dtype, name="conv_out")(h)
+    shift, raw_log_scale = jnp.split(out.astype(jnp.float32), 2, axis=-1)
     return shift, raw_log_scale
 
 
@@ -187,6 +197,7 @@ class AffineCoupling(nn.Module):
   kind: str
   swap: bool
   hidden_features: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, image: jax.Array | None, code: jax.Array | None,
@@ -194,7 +205,8 @@ class AffineCoupling(nn.Module):
     a, b = split_channels(x, self.kind, self.swap)
     nb = b.shape[-1]
     factor = self.param("log_scale_factor", nn.initializers.ones, (nb,))
-    shift, raw = CouplingNet(self.hidden_features, nb, name="net")(a, image, code)
+    shift, raw = CouplingNet(self.hidden_features, nb, dtype=self.dtype,
+                             name="net")(a, image, code)
     log_scale = factor * jnp.tanh(raw)
     if inverse:
       b = (b - shift) * jnp.exp(-log_scale)
@@ -218,13 +230,15 @@ class ConditionalFlow(nn.Module):
   num_couplings: int = 8
   hidden_features: int = 32
   logit_alpha: float = 0.05
+  dtype: Any = jnp.float32
 
   def setup(self):
     if self.conditioning not in base.CONDITIONINGS:
       raise ValueError(f"Unknown conditioning {self.conditioning!r}.")
     self.actnorms = [ActNorm() for _ in range(self.num_couplings)]
     self.couplings = [
-        AffineCoupling(*_PARTITIONS[k % len(_PARTITIONS)], self.hidden_features)
+        AffineCoupling(*_PARTITIONS[k % len(_PARTITIONS)], self.hidden_features,
+                       dtype=self.dtype)
         for k in range(self.num_couplings)
     ]
 

@@ -12,9 +12,16 @@
 The strided convolutions are the fast `layers.Stride2Conv` /
 `layers.Stride2ConvTranspose` of stage one; the few full-resolution layers
 are stride-1 convolutions, which XLA:CPU runs quickly.
+
+Every network computes in its `dtype` (bfloat16 for mixed precision) with
+float32 parameters, and returns float32: its outputs feed likelihoods, KL
+terms and the GAN losses, and the refiner's correction is added to stage
+one's float32 logits, which bfloat16 would round.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -34,6 +41,7 @@ class ConditionalEncoder(nn.Module):
 
   latent_dim: int
   conditioning: str
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, cond: base.Conditioning):
@@ -41,12 +49,13 @@ class ConditionalEncoder(nn.Module):
     if base.uses_image(self.conditioning):
       h = jnp.concatenate([images, cond.image], axis=-1)
     for features in _FEATURES:
-      h = nn.relu(layers.Stride2Conv(features, 4)(h))
+      h = nn.relu(layers.Stride2Conv(features, 4, dtype=self.dtype)(h))
     h = h.reshape(h.shape[0], -1)
     if base.uses_code(self.conditioning):
       h = jnp.concatenate([h, cond.code], axis=-1)
-    h = nn.relu(nn.Dense(_DENSE)(h))
-    mean, log_var = jnp.split(nn.Dense(2 * self.latent_dim)(h), 2, axis=-1)
+    h = nn.relu(nn.Dense(_DENSE, dtype=self.dtype)(h))
+    out = nn.Dense(2 * self.latent_dim, dtype=self.dtype)(h).astype(jnp.float32)
+    mean, log_var = jnp.split(out, 2, axis=-1)
     return mean, log_var
 
 
@@ -55,7 +64,8 @@ class Refiner(nn.Module):
 
   `output_channels` is C for one image, M * C for the M mixture components
   of MS-GMM. `w` may be None (MS-GMM has no continuous latents). Returns
-  (logits [B, H, W, output_channels], bottleneck features [B, F]).
+  (logits [B, H, W, output_channels], bottleneck features [B, F]), both
+  float32.
   """
 
   conditioning: str
@@ -63,6 +73,7 @@ class Refiner(nn.Module):
   # Start exactly at stage one's logits. MS-GMM turns this off: identical
   # components would receive identical updates and never separate.
   zero_init_correction: bool = True
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, cond: base.Conditioning, latents: jax.Array | None):
@@ -77,41 +88,47 @@ class Refiner(nn.Module):
     if with_image:
       h = jnp.concatenate([cond.image, cond.logits], axis=-1)
       for features in _FEATURES:
-        h = nn.relu(layers.Stride2Conv(features, 4)(h))
+        h = nn.relu(layers.Stride2Conv(features, 4, dtype=self.dtype)(h))
         skips.append(h)
       bottleneck = h.reshape(batch, -1)
     else:
       bottleneck = jnp.zeros((batch, 0), cond.code.dtype)
     if codes:
       code = jnp.concatenate(codes, axis=-1)
-      code = nn.relu(nn.Dense(_DENSE)(code))
-      code = nn.relu(nn.Dense(grid[0] * grid[1] * _FEATURES[-1])(code))
+      code = nn.relu(nn.Dense(_DENSE, dtype=self.dtype)(code))
+      code = nn.relu(
+          nn.Dense(grid[0] * grid[1] * _FEATURES[-1], dtype=self.dtype)(code))
       bottleneck = jnp.concatenate([bottleneck, code], axis=-1)
       code_map = code.reshape(batch, *grid, _FEATURES[-1])
       h = jnp.concatenate([h, code_map], axis=-1) if with_image else code_map
 
     # Up: 4 -> 8 -> 16 -> 32 -> 64, joining the encoder maps of each size.
     for features, skip in zip(_FEATURES[-2::-1], skips[-2::-1] or [None] * 3):
-      h = nn.relu(layers.Stride2ConvTranspose(features, 4)(h))
+      h = nn.relu(layers.Stride2ConvTranspose(features, 4, dtype=self.dtype)(h))
       if skip is not None:
         h = jnp.concatenate([h, skip], axis=-1)
-    h = nn.relu(layers.Stride2ConvTranspose(_FULL_RESOLUTION_FEATURES, 4)(h))
+    h = nn.relu(layers.Stride2ConvTranspose(
+        _FULL_RESOLUTION_FEATURES, 4, dtype=self.dtype)(h))
     if with_image:
       h = jnp.concatenate([h, cond.image, cond.logits], axis=-1)
-    h = nn.relu(nn.Conv(_FULL_RESOLUTION_FEATURES, (3, 3))(h))
+    h = nn.relu(nn.Conv(_FULL_RESOLUTION_FEATURES, (3, 3), dtype=self.dtype)(h))
+    bottleneck = bottleneck.astype(jnp.float32)
     if not with_image:
-      return nn.Conv(self.output_channels, (3, 3))(h), bottleneck
+      logits = nn.Conv(self.output_channels, (3, 3), dtype=self.dtype)(h)
+      return logits.astype(jnp.float32), bottleneck
     kernel_init = (nn.initializers.zeros if self.zero_init_correction
                    else nn.initializers.normal(1e-2))
-    correction = nn.Conv(self.output_channels, (3, 3), kernel_init=kernel_init)(h)
+    correction = nn.Conv(self.output_channels, (3, 3), kernel_init=kernel_init,
+                         dtype=self.dtype)(h)
     base_logits = jnp.tile(cond.logits, (1, 1, 1, self.output_channels // channels))
-    return base_logits + correction, bottleneck
+    return base_logits + correction.astype(jnp.float32), bottleneck
 
 
 class PatchDiscriminator(nn.Module):
-  """(x, c) -> [B, H/8, W/8] real/fake logits, one per overlapping patch."""
+  """(x, c) -> [B, H/8, W/8] float32 real/fake logits, one per overlapping patch."""
 
   conditioning: str
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, cond: base.Conditioning) -> jax.Array:
@@ -119,7 +136,7 @@ class PatchDiscriminator(nn.Module):
     if base.uses_image(self.conditioning):
       h = jnp.concatenate([images, cond.image], axis=-1)
     for features in _FEATURES[:3]:
-      h = nn.leaky_relu(layers.Stride2Conv(features, 4)(h), 0.2)
+      h = nn.leaky_relu(layers.Stride2Conv(features, 4, dtype=self.dtype)(h), 0.2)
     if base.uses_code(self.conditioning):
-      h = h + nn.Dense(h.shape[-1])(cond.code)[:, None, None, :]
-    return nn.Conv(1, (3, 3))(h)[..., 0]
+      h = h + nn.Dense(h.shape[-1], dtype=self.dtype)(cond.code)[:, None, None, :]
+    return nn.Conv(1, (3, 3), dtype=self.dtype)(h)[..., 0].astype(jnp.float32)

@@ -7,11 +7,16 @@ method is a pure function of `(params, inputs)`:
   params = model.init(rng, images, rng)['params']
   mean, log_var = model.apply({'params': params}, images, method=VAE.encode)
   logits = model.apply({'params': params}, mean, method=VAE.decode)
+
+`dtype=jnp.bfloat16` computes the networks in bfloat16 (mixed precision).
+The parameter tree is the same for every `dtype` (float32 leaves), so a
+checkpoint trained in one precision loads in the other, and every output is
+float32.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -35,11 +40,14 @@ class VAE(nn.Module):
   architecture: str
   latent_dim: int
   image_shape: Sequence[int]
+  dtype: Any = jnp.float32
 
   def setup(self):
     architecture = architectures.ARCHITECTURES[self.architecture]
-    self.encoder = architectures.ConvEncoder(architecture, self.latent_dim)
-    self.decoder = architectures.ConvDecoder(architecture, tuple(self.image_shape))
+    self.encoder = architectures.ConvEncoder(
+        architecture, self.latent_dim, dtype=self.dtype)
+    self.decoder = architectures.ConvDecoder(
+        architecture, tuple(self.image_shape), dtype=self.dtype)
 
   def encode(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     return self.encoder(images)
@@ -61,9 +69,13 @@ def sample_diagonal_gaussian(
   return mean + jnp.exp(0.5 * log_var) * eps
 
 
-def model_from_config(model_config, image_shape: Sequence[int]) -> VAE:
+def model_from_config(
+    model_config, image_shape: Sequence[int], compute_dtype: Any = jnp.float32
+) -> VAE:
+  """The VAE of `config.stage1.model`, computing in `compute_dtype`."""
   return VAE(
       architecture=model_config.architecture,
       latent_dim=model_config.latent_dim,
       image_shape=tuple(image_shape),
+      dtype=compute_dtype,
   )
