@@ -211,8 +211,12 @@ STAGE_TWO_CHECKPOINTS = "checkpoints_stage2"
 def _checkpoint_manager(
     workdir: str, config, subdirectory: str = STAGE_ONE_CHECKPOINTS
 ) -> ocp.CheckpointManager:
+  # Asynchronous: `save` returns once the state is copied off the devices
+  # (before its buffers are donated to the next step) and writes it in the
+  # background; the loop waits for it only before returning or raising.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=config.max_checkpoints_to_keep, create=True
+      max_to_keep=config.max_checkpoints_to_keep, create=True,
+      enable_async_checkpointing=True,
   )
   return ocp.CheckpointManager(
       epath.Path(workdir).absolute() / subdirectory, options=options
