@@ -60,6 +60,7 @@ _USER_ERRORS = (
     data.DataError,
     train.NonFiniteLossError,
     parallel.DeviceCountError,
+    parallel.ProcessMismatchError,
 )
 
 
@@ -86,7 +87,14 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   writers.hide_library_info_logs()
   config = FLAGS.config
-  if FLAGS.distributed or FLAGS.coordinator_address:
+  distributed = FLAGS.distributed or FLAGS.coordinator_address
+  if not distributed and (FLAGS.num_processes is not None or FLAGS.process_id is not None):
+    # Ignoring them would start independent runs writing one directory.
+    print("msdr_jax: error: --num_processes and --process_id need "
+          "--coordinator_address=HOST:PORT (process 0's address) or --distributed.",
+          file=sys.stderr, flush=True)
+    sys.exit(2)
+  if distributed:
     # Before anything else touches JAX's backends.
     parallel.initialize_distributed(
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

@@ -51,6 +51,10 @@ class DeviceCountError(ValueError):
   """The batch cannot be split evenly over the devices."""
 
 
+class ProcessMismatchError(ValueError):
+  """The processes of a multi-host job were started differently."""
+
+
 def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
@@ -96,39 +100,80 @@ def batch_sharded(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(DATA_AXIS))
 
 
-def check_batch_size(batch_size: int, num_devices: int, what: str = "config.batch_size") -> None:
-  """Raises DeviceCountError unless `batch_size` splits evenly over the devices."""
+def check_batch_size(batch_size: int, num_devices: int, flag: str | None = None) -> None:
+  """Raises DeviceCountError unless `batch_size` splits evenly over the devices.
+
+  `flag` is the command-line flag that sets the batch size, if any.
+  """
   if batch_size % num_devices:
-    lower = max(num_devices, batch_size // num_devices * num_devices)
-    higher = (batch_size // num_devices + 1) * num_devices
+    lower = batch_size // num_devices * num_devices
+    higher = lower + num_devices
+    multiples = f"{lower} or {higher}" if lower else f"{higher}"
+    what = f"{flag}={batch_size}" if flag else f"A batch of {batch_size}"
+    fix = f"--{flag}={multiples}" if flag else multiples
     raise DeviceCountError(
-        f"{what}={batch_size} does not split evenly over {num_devices} devices. "
-        f"Use a multiple of {num_devices} (e.g. --{what}={lower} or {higher}), or "
-        "fewer devices (CUDA_VISIBLE_DEVICES / TPU_VISIBLE_CHIPS).")
+        f"{what} does not split evenly over {num_devices} devices. Use a multiple "
+        f"of {num_devices} (e.g. {fix}), or fewer devices (CUDA_VISIBLE_DEVICES / "
+        "TPU_VISIBLE_CHIPS).")
+
+
+def _put(leaf: Any, sharding: jax.sharding.NamedSharding) -> jax.Array:
+  """`leaf` laid out as `sharding`; no copy if it already is.
+
+  On one process a device-to-device copy. When the mesh spans several
+  processes, whose devices this one cannot address, the global array is
+  built from this process's host value (every process passes the same one).
+  """
+  if (isinstance(leaf, jax.Array) and leaf.is_fully_addressable
+      and leaf.sharding.is_equivalent_to(sharding, leaf.ndim)):
+    return leaf
+  if jax.process_count() == 1:
+    return jax.device_put(leaf, sharding)
+  host = np.asarray(jax.device_get(leaf))
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-  """A copy of `tree` on every device of `mesh` (every process passes the same values).
+  """`tree` on every device of `mesh`: the leaves already there are kept.
 
-  Built from host values shard by shard, so it works when the mesh spans
-  several processes, whose devices this one cannot address.
+  The result may share buffers with `tree` (always on a one-device mesh), so
+  donating it to a jitted step invalidates `tree` too.
   """
   sharding = replicated(mesh)
+  return jax.tree_util.tree_map(lambda leaf: _put(leaf, sharding), tree)
 
-  def put(leaf):
-    if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
-      return leaf
-    host = np.asarray(jax.device_get(leaf))
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
-  return jax.tree_util.tree_map(put, tree)
+def _local_replica(leaf: Any) -> Any:
+  if not isinstance(leaf, jax.Array):
+    return leaf
+  if not leaf.is_fully_replicated:
+    raise ValueError(
+        f"Expected a replicated array, got one laid out as {leaf.sharding}.")
+  return leaf.addressable_data(0)
+
+
+def local_replica(tree: Any) -> Any:
+  """This process's first replica of replicated (possibly multi-host) arrays.
+
+  No copy: one device's buffer of each array, usable by single-device code
+  (the evaluation) in any process of a multi-host job.
+  """
+  return jax.tree_util.tree_map(_local_replica, tree)
 
 
 def to_host(tree: Any) -> Any:
   """NumPy copies of replicated (possibly multi-host) arrays."""
-  return jax.tree_util.tree_map(
-      lambda leaf: np.asarray(leaf.addressable_data(0)) if isinstance(leaf, jax.Array)
-      else np.asarray(leaf), tree)
+  return jax.tree_util.tree_map(lambda leaf: np.asarray(_local_replica(leaf)), tree)
+
+
+def assert_same_in_all_processes(value: int, what: str) -> None:
+  """Raises ProcessMismatchError unless every process passes the same `value`."""
+  if jax.process_count() > 1:
+    values = multihost_utils.process_allgather(np.asarray(value, np.int64))
+    if len(set(np.asarray(values).reshape(-1).tolist())) > 1:
+      raise ProcessMismatchError(
+          f"The processes of this job run different {what}; start every process "
+          "with the same command line.")
 
 
 def shard_batch(batch: Any, mesh: jax.sharding.Mesh) -> Any:
@@ -136,9 +181,8 @@ def shard_batch(batch: Any, mesh: jax.sharding.Mesh) -> Any:
   sharding = batch_sharded(mesh)
 
   def put(leaf):
-    check_batch_size(leaf.shape[0], mesh.size, "batch size")
-    host = np.asarray(jax.device_get(leaf))
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    check_batch_size(leaf.shape[0], mesh.size)
+    return _put(leaf, sharding)
 
   return jax.tree_util.tree_map(put, batch)
 
@@ -157,7 +201,9 @@ def jit_sharded(
   """`jax.jit` of `step` with its `batch_argnums` split over `data`.
 
   Every other argument and every output is replicated. Argument 0 (the train
-  state) is donated by default, so the updated state reuses its buffers.
+  state) is donated by default, so the updated state reuses its buffers: pass
+  `replicate(state, mesh)` and use only the returned state afterwards
+  (`replicate` may share the buffers of the state it is given).
   """
   num_args = len(inspect.signature(step).parameters)
   in_shardings = tuple(batch_sharded(mesh) if i in batch_argnums else replicated(mesh)
@@ -171,7 +217,7 @@ def split_for_pmap(batch: Any, num_devices: int | None = None) -> Any:
   num_devices = num_devices or jax.local_device_count()
 
   def split(leaf):
-    check_batch_size(leaf.shape[0], num_devices, "batch size")
+    check_batch_size(leaf.shape[0], num_devices)
     return leaf.reshape(num_devices, leaf.shape[0] // num_devices, *leaf.shape[1:])
 
   return jax.tree_util.tree_map(split, batch)

@@ -431,8 +431,10 @@ def make_train_iteration(
   calls `train_step(state, *frozen, images, rng)`: `frozen` is `()` for stage
   one and `(stage1_params,)` for stage two. The batch of a step is the same
   on any number of devices. State, `frozen` and the data set are replicated;
-  the state's buffers are donated to the updated state.
+  the state's buffers are donated to the updated state. A batch the devices
+  cannot split evenly raises `parallel.DeviceCountError`.
   """
+  parallel.check_batch_size(batch_size, mesh.size, "config.batch_size")
   draw_images = parallel.map_examples(
       lambda dataset, states: dataset.images_from_state(states), mesh)
 
@@ -462,13 +464,13 @@ def train_stage_one(
   stage_config = config.stage1
   image_shape = dataset.observation_shape
   init_rng, train_rng, _ = rng_streams(config.seed)
-  state = parallel.replicate(create_train_state(stage_config, image_shape, init_rng), mesh)
-  manager = _checkpoint_manager(workdir, config)
-  state = _resume(manager, state, workdir, "stage1", stage_config.num_steps)
   train_step = make_train_step(stage_config, image_shape, dataset.num_images,
                                compute_dtype=COMPUTE_DTYPES[config.compute_dtype])
   iteration = make_train_iteration(train_step, config.batch_size, train_rng, mesh)
-  dataset = parallel.replicate(dataset, mesh)
+  state = parallel.replicate(create_train_state(stage_config, image_shape, init_rng), mesh)
+  manager = _checkpoint_manager(workdir, config)
+  state = _resume(manager, state, workdir, "stage1", stage_config.num_steps)
+  dataset = parallel.replicate(dataset, mesh)  # No copy if it already is.
   return _train_loop(
       config, workdir, "stage1", state, lambda state: iteration(state, (), dataset),
       manager, writer)
@@ -486,15 +488,16 @@ def train_stage_two(
   mesh = parallel.data_mesh() if mesh is None else mesh
   image_shape = dataset.observation_shape
   init_rng, train_rng, _ = rng_streams(config.seed, stage=2)
-  state = parallel.replicate(
-      create_stage_two_state(config, image_shape, stage1_params, init_rng), mesh)
-  stage1_params = parallel.replicate(stage1_params, mesh)
-  manager = _checkpoint_manager(workdir, config, STAGE_TWO_CHECKPOINTS)
-  state = _resume(manager, state, workdir, "stage2", config.stage2.num_steps)
   train_step = make_stage_two_train_step(
       config, image_shape, compute_dtype=COMPUTE_DTYPES[config.compute_dtype])
   iteration = make_train_iteration(train_step, config.batch_size, train_rng, mesh)
-  dataset = parallel.replicate(dataset, mesh)
+  # Initialised from host values: `stage1_params` only shapes the model.
+  state = parallel.replicate(create_stage_two_state(
+      config, image_shape, parallel.to_host(stage1_params), init_rng), mesh)
+  stage1_params = parallel.replicate(stage1_params, mesh)
+  manager = _checkpoint_manager(workdir, config, STAGE_TWO_CHECKPOINTS)
+  state = _resume(manager, state, workdir, "stage2", config.stage2.num_steps)
+  dataset = parallel.replicate(dataset, mesh)  # No copy if it already is.
   return _train_loop(
       config, workdir, "stage2", state,
       lambda state: iteration(state, (stage1_params,), dataset), manager, writer)
@@ -512,9 +515,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   configuration.validate(config)
   mesh = parallel.data_mesh()
-  parallel.check_batch_size(config.batch_size, mesh.size)
+  parallel.check_batch_size(config.batch_size, mesh.size, "config.batch_size")
+  # Several processes sharing a work directory must train one config.
+  parallel.assert_same_in_all_processes(
+      int(configuration.fingerprint(config), 16), "configs")
   configuration.check_workdir(config, workdir)  # Before a slow data load.
-  dataset = data.get_dataset(config.data)
+  # One copy of the data on every device: training uses it all, the
+  # evaluation this process's first replica (no second copy on that device).
+  train_data = parallel.replicate(data.get_dataset(config.data), mesh)
+  dataset = parallel.local_replica(train_data)
   image_shape = dataset.observation_shape
   if config.stage1.checkpoint:
     # Checked before the run directory is created or bound.
@@ -529,7 +538,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       logging.info("Loaded stage one (step %d) from %s.", stage1_step,
                    config.stage1.checkpoint)
     else:
-      state = train_stage_one(config, workdir, dataset, writer, mesh)
+      state = train_stage_one(config, workdir, train_data, writer, mesh)
       stage1_params, stage1_step = parallel.to_host(state.params), int(state.step)
       del state  # Frees the replicas and the optimizer state.
       logging.info("Stage one trained in %.1f s.", time.time() - start)
@@ -543,8 +552,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           rng_streams(config.seed)[2], writer)
     if config.stage2.family != families.NO_STAGE_TWO:
       start = time.time()
-      state = train_stage_two(config, workdir, dataset, stage1_params, writer, mesh)
-      logging.info("Stage two trained in %.1f s; evaluating.", time.time() - start)
+      state = train_stage_two(config, workdir, train_data, stage1_params, writer, mesh)
+      logging.info("Stage two trained in %.1f s.", time.time() - start)
       stage2_params, stage2_step = parallel.to_host(state.params), int(state.step)
       del state
       if main_process:

@@ -183,6 +183,8 @@ def test_cli_refuses_workdir_of_another_config(uninterrupted_run):
          "unknown config key 'modle' Did you mean \"model\""),
         (("--config=configs/dsprites.py:preset=huge",), "Unknown preset 'huge'"),
         (("--config=configs/missing.py",), "No such file or directory"),
+        ((TINY, "--num_processes=2", "--process_id=1"),
+         "--num_processes and --process_id need --coordinator_address=HOST:PORT"),
     ],
 )
 def test_cli_flag_errors_are_one_line(args, message, tmp_path):
