@@ -28,5 +28,16 @@ setuptools.setup(
         "tensorboardX>=2.6",
         "tensorflow-datasets>=4.9.7",
     ],
-    extras_require={"test": ["pytest>=8.0", "pytest-xdist>=3.5"]},
+    extras_require={
+        # The study's plots (experiments/) and the Colab notebook.
+        "experiments": ["matplotlib>=3.7"],
+        "test": [
+            "ipykernel>=6.0",
+            "matplotlib>=3.7",
+            "nbclient>=0.10",
+            "nbformat>=5.9",
+            "pytest>=8.0",
+            "pytest-xdist>=3.5",
+        ],
+    },
 )

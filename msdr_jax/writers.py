@@ -80,7 +80,7 @@ def scalar_summary(
   return scalars
 
 
-def _format_duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
   seconds = int(round(seconds))
   hours, rest = divmod(seconds, 3600)
   minutes, seconds = divmod(rest, 60)
@@ -117,5 +117,5 @@ class Progress:
     return (
         f"step {step:>{width}}/{self._num_steps} | {terms} | "
         f"{rate:.2f} steps/s ({rate * self._batch_size:.0f} img/s) | "
-        f"ETA {_format_duration(eta)}"
+        f"ETA {format_duration(eta)}"
     )

@@ -1,0 +1,194 @@
+"""The study's figures (matplotlib PNGs).
+
+  reconstruction_vs_beta.png  -- per data set: reconstruction MSE against beta
+                                 for stage one and each multi-stage model
+                                 (mean over seeds, bars: their spread);
+  disentanglement_vs_beta.png -- per data set: MIG and DCI disentanglement
+                                 against beta (stage one's z, which every
+                                 multi-stage model shares);
+  <prefix>-reconstructions.png -- the same inputs reconstructed by stage one
+                                 and by each multi-stage model;
+  <prefix>-traversals.png     -- one image's active latents swept, by stage
+                                 one and by each multi-stage model with the
+                                 image's w held fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from typing import Mapping
+
+from etils import epath
+import jax
+import jax.numpy as jnp
+import matplotlib
+
+matplotlib.use("Agg")  # Files only; no display needed.
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import ml_collections  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from experiments import results  # pylint: disable=g-import-not-at-top
+from msdr_jax import data  # pylint: disable=g-import-not-at-top
+from msdr_jax import evaluation  # pylint: disable=g-import-not-at-top
+from msdr_jax import families  # pylint: disable=g-import-not-at-top
+from msdr_jax import losses  # pylint: disable=g-import-not-at-top
+from msdr_jax import multi_stage  # pylint: disable=g-import-not-at-top
+from msdr_jax import train  # pylint: disable=g-import-not-at-top
+from msdr_jax import visualize  # pylint: disable=g-import-not-at-top
+from msdr_jax.models import vae  # pylint: disable=g-import-not-at-top
+
+_NUM_SHOWN = 8
+_FIGURE_KEY = 2**21  # Images of the figures; any fixed key would do.
+
+
+def _series(rows, data_name: str, model: str, key: str):
+  """(betas, means, spreads) of `key` for one model, in beta order."""
+  groups = results.aggregate(rows)
+  betas, means, spreads = [], [], []
+  for (data_of, beta, name), group in sorted(groups.items(), key=lambda item: item[0][1]):
+    values = [row[key] for row in group if row[key] is not None]
+    if data_of != data_name or name != model or not values:
+      continue
+    betas.append(beta)
+    means.append(statistics.fmean(values))
+    spreads.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+  return betas, means, spreads
+
+
+def _models(rows) -> list[str]:
+  return list(dict.fromkeys(row["model"] for row in rows))
+
+
+def _data_names(rows) -> list[str]:
+  return list(dict.fromkeys(row["data"] for row in rows))
+
+
+def best_beta(rows, data_name: str) -> float:
+  """The beta with the highest mean MIG on `data_name`."""
+  betas, migs, _ = _series(rows, data_name, results.STAGE_ONE, "mig")
+  return betas[int(np.argmax(migs))]
+
+
+def plot_against_beta(rows, directory: epath.PathLike) -> list[epath.Path]:
+  """Writes the two plots against beta; returns their paths."""
+  directory = epath.Path(directory)
+  data_names = _data_names(rows)
+  paths = []
+  for filename, panels in (
+      ("reconstruction_vs_beta.png",
+       [("reconstruction_mse", model, model) for model in _models(rows)]),
+      ("disentanglement_vs_beta.png",
+       [("mig", results.STAGE_ONE, "MIG"),
+        ("dci_disentanglement", results.STAGE_ONE, "DCI disentanglement")]),
+  ):
+    fig, axes = plt.subplots(1, len(data_names), figsize=(5.5 * len(data_names), 4),
+                             squeeze=False)
+    for ax, data_name in zip(axes[0], data_names):
+      for key, model, label in panels:
+        betas, means, spreads = _series(rows, data_name, model, key)
+        ax.errorbar(betas, means, yerr=spreads, marker="o", capsize=3, label=label)
+      ax.set_title(data_name)
+      ax.set_xlabel("beta-TCVAE beta")
+      ax.set_xticks(sorted({row["beta"] for row in rows}))
+      ax.grid(alpha=0.3)
+      if filename.startswith("reconstruction"):
+        ax.set_ylabel("squared error per image")
+        ax.set_ylim(bottom=0)
+      else:
+        ax.set_ylabel("score (stage one's z)")
+        ax.set_ylim(0, 1)
+      ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = directory / filename
+    with path.open("wb") as f:
+      fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    paths.append(path)
+  return paths
+
+
+def _save(fig, path: epath.Path) -> None:
+  with path.open("wb") as f:
+    fig.savefig(f, format="png", dpi=100)
+  plt.close(fig)
+
+
+def model_figures(configs: Mapping[str, ml_collections.ConfigDict],
+                  run_root: epath.PathLike, prefix: epath.PathLike) -> list[epath.Path]:
+  """Reconstruction and traversal figures of one stage one and its families.
+
+  Args:
+    configs: run configs by family name, `families.NO_STAGE_TWO` (stage one)
+      first, as the study makes them (`beta_sweep.study_config`).
+    run_root: `<study>/<data>/beta<b>-seed<s>`, holding a directory per key of
+      `configs` (the stage-one one named `stage1`).
+    prefix: the figures are `<prefix>-reconstructions.png` and
+      `<prefix>-traversals.png`.
+
+  Returns:
+    The two paths.
+  """
+  run_root, prefix = epath.Path(run_root), epath.Path(prefix)
+  stage_one_config = configs[families.NO_STAGE_TWO].copy_and_resolve_references()
+  stage_one_config.stage1.checkpoint = str(run_root / "stage1")
+  dataset = data.get_dataset(stage_one_config.data)
+  shape = dataset.observation_shape
+  stage1_params, _ = train.load_stage_one(stage_one_config, shape)
+  stage_one = vae.model_from_config(stage_one_config.stage1.model, shape)
+
+  images, _ = dataset.sample(jax.random.PRNGKey(_FIGURE_KEY), _NUM_SHOWN)
+  code = stage_one.apply({"params": stage1_params}, images, method=vae.VAE.encode)[0]
+  decode = lambda codes: losses.decoder_mean(
+      stage_one.apply({"params": stage1_params}, codes, method=vae.VAE.decode))
+  eval_config = stage_one_config.eval
+  values = jnp.linspace(-eval_config.traversal_range, eval_config.traversal_range,
+                        eval_config.traversal_steps)
+  stage_one_metrics = json.loads((run_root / "stage1" / "metrics.json").read_text())
+  active = np.flatnonzero(np.asarray(stage_one_metrics["latent_mean_variance"])
+                          > eval_config.active_variance_threshold)
+  if not len(active):
+    active = np.arange(code.shape[-1])
+
+  reconstructions = {"input": images, "stage one": decode(code)}
+  traversals = {"stage one": evaluation.traversals(stage_one, stage1_params, code[0],
+                                                   values)[active]}
+  for name, config in configs.items():
+    if name == families.NO_STAGE_TWO:
+      continue
+    loaded = train.load_stage_two(config, str(run_root / name), shape, stage1_params)
+    if loaded is None:
+      raise FileNotFoundError(f"{run_root / name} holds no stage-two checkpoint.")
+    model = multi_stage.MultiStageModel.from_config(config, shape)
+    params = {"stage1": stage1_params, "stage2": loaded[0]}
+    reconstructions[f"MS-{name.upper()}"] = model.reconstruct(params, images)
+    traversals[f"MS-{name.upper()} (w fixed)"] = model.traverse(
+        params, images[0], values)[active]
+
+  paths = [epath.Path(f"{prefix}-reconstructions.png"),
+           epath.Path(f"{prefix}-traversals.png")]
+  fig, axes = plt.subplots(len(reconstructions), 1,
+                           figsize=(_NUM_SHOWN * 0.9, 1.0 * len(reconstructions)))
+  for ax, (label, batch) in zip(axes, reconstructions.items()):
+    _show(ax, visualize.image_grid(np.asarray(batch), _NUM_SHOWN), label)
+  fig.tight_layout()
+  _save(fig, paths[0])
+
+  fig, axes = plt.subplots(1, len(traversals),
+                           figsize=(2.2 * len(traversals), 0.4 * len(active) + 0.8))
+  for ax, (label, sweep) in zip(np.atleast_1d(axes), traversals.items()):
+    sweep = np.asarray(sweep)
+    _show(ax, visualize.image_grid(sweep.reshape(-1, *sweep.shape[2:]), sweep.shape[1]),
+          label)
+  fig.suptitle(f"latents z{', z'.join(map(str, active))} (rows) swept over "
+               f"±{eval_config.traversal_range:g}", fontsize="small")
+  fig.tight_layout()
+  _save(fig, paths[1])
+  return paths
+
+
+def _show(ax, grid: np.ndarray, title: str) -> None:
+  ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+  ax.set_title(title, fontsize="small")
+  ax.set_axis_off()
