@@ -17,7 +17,7 @@ setuptools.setup(
         "absl-py>=2.1",
         "etils[epath]>=1.5",
         "flax>=0.10",
-        "jax>=0.5",
+        "jax>=0.7",  # jax.shard_map with check_vma (msdr_jax/parallel.py).
         "ml-collections>=1.0",
         "numpy>=1.26",
         "optax>=0.2.5",

@@ -11,12 +11,16 @@ then writes, into the study's work directory:
                          ratio, MIG, DCI disentanglement, conditioning
                          fidelity R^2;
   reconstruction_vs_beta.png, disentanglement_vs_beta.png,
-  <data>-reconstructions.png, <data>-traversals.png  (see `figures`).
+  <data>-beta<b>-reconstructions.png, <data>-beta<b>-traversals.png
+                         (see `figures`; b: --figure_beta, by default the
+                         beta with the highest MIG).
 
 Runs live in `<workdir>/<data>/beta<b>-seed<s>/<stage1|family>`. A run whose
 evaluation finished is not redone, so an interrupted study resumes where it
-stopped when the same command is rerun; a run directory that holds another
-config is refused (`configuration.RunDirectoryError`).
+stopped when the same command is rerun (with the same --workdir string:
+stage-two runs record their stage one's path); a run directory that holds
+another config, or a stage two that the rerun could only corrupt, is refused
+(`configuration.RunDirectoryError`).
 
 `--budget` picks the scale:
   cpu   -- about an hour for both data sets on a 2-core CPU (see `BUDGETS`);
@@ -54,9 +58,10 @@ from msdr_jax import train
 from msdr_jax import writers
 
 DEFAULT_BETAS = (1.0, 2.0, 4.0, 6.0, 8.0, 10.0)
-# Config files in configs/ whose data have labelled factors (the study scores
-# disentanglement, so not CelebA).
-DATA_SETS = ("dsprites", "shapes3d", "dsprites_textured", "cars3d", "mpi3d", "smallnorb")
+# The data sets the study runs without a download: config files in configs/
+# whose default source is the procedural renderer (labelled factors, so the
+# disentanglement is scored). The Shapes3D scenes are a look-alike renderer.
+DATA_SETS = ("dsprites", "shapes3d", "dsprites_textured")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,25 +126,47 @@ def run_directory(workdir: str, data_name: str, beta: float, seed: int) -> epath
 
 
 def _finished_metrics(config: ml_collections.ConfigDict, workdir: epath.Path):
-  """The metrics of a finished run in `workdir`, or None if it must (re)run."""
-  configuration.check_workdir(config, str(workdir))  # Refuses another config.
+  """The metrics of a finished run in `workdir`, or None if it must (re)run.
+
+  Refuses (`configuration.RunDirectoryError`) a directory of another config,
+  and a stage two that a rerun could only corrupt: one trained on another
+  stage one, or beyond the study's stage-two steps.
+  """
+  configuration.check_workdir(config, str(workdir))
   path = workdir / "metrics.json"
   if not path.exists():
     return None
   metrics = json.loads(path.read_text())
+  stage1_steps, stage2_steps = config.stage1.num_steps, config.stage2.num_steps
   if config.stage2.family == families.NO_STAGE_TWO:
-    finished = metrics.get("step") == config.stage1.num_steps
-  else:
-    finished = metrics.get("stage2_step") == config.stage2.num_steps
-  return metrics if finished else None
+    return metrics if metrics.get("step") == stage1_steps else None
+  # A stage-two run records the step of the stage one it was trained on
+  # (its stage-one evaluation is written before stage two trains).
+  if metrics.get("step") != stage1_steps:
+    raise configuration.RunDirectoryError(
+        f"{workdir} holds a stage two trained on stage one at step "
+        f"{metrics.get('step')}, but the study's stage one now has {stage1_steps} "
+        f"steps. Delete {workdir} to retrain it on the new stage one, or use "
+        "another --workdir.")
+  trained = metrics.get("stage2_step")
+  if trained is not None and trained > stage2_steps:
+    raise configuration.RunDirectoryError(
+        f"{workdir} holds a stage two trained for {trained} steps, more than the "
+        f"study's {stage2_steps}. Pass --stage2_steps={trained}, or use another "
+        "--workdir.")
+  return metrics if trained == stage2_steps else None
 
 
-def run_or_load(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[dict, float]:
-  """(metrics, seconds) of the run: trained and evaluated unless finished."""
+def run_or_load(config: ml_collections.ConfigDict,
+                workdir: epath.Path) -> tuple[dict, float | None]:
+  """(metrics, seconds) of the run: trained and evaluated unless finished.
+
+  `seconds` is None for a finished run reused as it is.
+  """
   metrics = _finished_metrics(config, workdir)
   if metrics is not None:
     logging.info("%s is finished; reusing its metrics.json.", workdir)
-    return metrics, 0.0
+    return metrics, None
   start = time.time()
   metrics = train.train_and_evaluate(config, str(workdir))
   return metrics, time.time() - start
@@ -187,13 +214,14 @@ class StudyProgress:
 
   def finished(self, name: str, seconds: float) -> None:
     self._done += 1
-    if seconds > 0:  # Reused runs say nothing about the time of the rest.
+    if seconds is not None:  # Reused runs say nothing about the time of the rest.
       self._seconds_run += seconds
       self._runs_timed += 1
     left = self._num_runs - self._done
     eta = left * self._seconds_run / max(self._runs_timed, 1)
-    logging.info("Study: run %d/%d done (%s, %.0f s); elapsed %s, ETA %s.",
-                 self._done, self._num_runs, name, seconds,
+    logging.info("Study: run %d/%d done (%s, %s); elapsed %s, ETA %s.",
+                 self._done, self._num_runs, name,
+                 "reused" if seconds is None else f"{seconds:.0f} s",
                  writers.format_duration(time.time() - self._start),
                  writers.format_duration(eta))
 
@@ -211,19 +239,25 @@ def run_study(workdir: str, data_names: Sequence[str], betas: Sequence[float],
   unknown = sorted(set(data_names) - set(DATA_SETS))
   if unknown:
     raise app.UsageError(f"Unknown data sets {unknown}; choose from {list(DATA_SETS)}.")
+  configs = {(data_name, beta, seed, family): study_config(
+      workdir, data_name, budget, beta, seed, family)
+      for data_name in data_names for beta in betas for seed in seeds
+      for family in (families.NO_STAGE_TWO, *family_names)}
+  for config in configs.values():  # Every mistake before hours of training.
+    configuration.validate(config)
   rows = []
   progress = StudyProgress(len(data_names) * len(betas) * len(seeds) * (1 + len(family_names)))
   for data_name in data_names:
     for beta in betas:
       for seed in seeds:
         root = run_directory(workdir, data_name, beta, seed)
-        config = study_config(workdir, data_name, budget, beta, seed, families.NO_STAGE_TWO)
+        config = configs[data_name, beta, seed, families.NO_STAGE_TWO]
         stage_one_metrics, stage_one_seconds = run_or_load(config, root / "stage1")
         name = f"{data_name} beta {beta:g} seed {seed}"
         progress.finished(f"{name} stage one", stage_one_seconds)
         family_runs = []
         for family in family_names:
-          config = study_config(workdir, data_name, budget, beta, seed, family)
+          config = configs[data_name, beta, seed, family]
           metrics, seconds = run_or_load(config, root / family)
           progress.finished(f"{name} {family}", seconds)
           family_runs.append((family, metrics, seconds))
@@ -251,8 +285,13 @@ def report(rows: list[dict], data_names: Sequence[str], budget_name: str,
     parts.append(f"## {data_name}\n\n{results.markdown_table(rows, data_name)}\n")
     summary = ", ".join(f"{model} {hits}/{total}"
                         for model, (hits, total) in results.verdicts(rows, data_name).items())
-    parts.append(f"Betas where the multi-stage MSE is at least {results.TARGET_RATIO:g}x lower "
-                 f"than stage one's (same z, so equal MIG): {summary}.\n")
+    line = (f"Betas where the multi-stage MSE is at least {results.TARGET_RATIO:g}x lower "
+            f"than stage one's (same z, so equal MIG): {summary or 'none compared'}.")
+    exact = results.exact_families(rows, data_name)
+    if exact:
+      line += (f" Not counted: {', '.join(exact)}, whose reconstruction is exact by "
+               "construction (a bijection).")
+    parts.append(line + "\n")
   return "\n".join(parts)
 
 
@@ -285,6 +324,8 @@ def main(argv):
     seeds = [int(s) for s in _SEEDS.value]
   except ValueError as e:
     raise app.UsageError(f"--betas takes numbers and --seeds integers: {e}") from e
+  if _FIGURE_BETA.value is not None and _FIGURE_BETA.value not in betas:
+    raise app.UsageError(f"--figure_beta={_FIGURE_BETA.value:g} is not one of --betas.")
   budget = BUDGETS[_BUDGET.value]
   steps = {"stage1.num_steps": _STAGE1_STEPS.value, "stage2.num_steps": _STAGE2_STEPS.value}
   if any(value is not None for value in steps.values()):
@@ -305,7 +346,9 @@ def main(argv):
   (root / "results.md").write_text(text)
   figures.plot_against_beta(rows, root)
   for data_name in _DATA.value:
-    beta = _FIGURE_BETA.value or figures.best_beta(rows, data_name)
+    beta = _FIGURE_BETA.value
+    if beta is None:
+      beta = figures.best_beta(rows, data_name)
     configs = {name: study_config(_WORKDIR.value, data_name, budget, beta, seeds[0], name)
                for name in (families.NO_STAGE_TWO, *_FAMILIES.value)}
     figures.model_figures(configs, run_directory(_WORKDIR.value, data_name, beta, seeds[0]),

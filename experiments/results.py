@@ -28,16 +28,24 @@ _COLUMNS = (
 TARGET_RATIO = 2.0
 
 
-def mean_and_spread(values: list[float], fmt: str) -> str:
+def mean_and_spread(values: list[float | None], fmt: str) -> str:
+  """"mean ± sample standard deviation" over seeds, in `fmt`.
+
+  An infinite MSE ratio is an exact reconstruction (MS-Flow is a bijection):
+  "exact" if every seed's is, else the finite seeds' mean and "(+k exact)".
+  """
   values = [v for v in values if v is not None]
   if not values:
     return "n/a"
-  if any(math.isinf(v) for v in values):
+  finite = [v for v in values if not math.isinf(v)]
+  if not finite:
     return "exact"
-  mean = statistics.fmean(values)
-  if len(values) == 1:
-    return fmt.format(mean)
-  return f"{fmt.format(mean)} ± {fmt.format(statistics.stdev(values)).rstrip('x')}"
+  mean = fmt.format(statistics.fmean(finite))
+  if len(finite) > 1:
+    mean += f" ± {fmt.format(statistics.stdev(finite)).rstrip('x')}"
+  if len(finite) < len(values):
+    mean += f" (+{len(values) - len(finite)} exact)"
+  return mean
 
 
 def aggregate(rows: list[dict]) -> dict[tuple[str, float, str], list[dict]]:
@@ -63,21 +71,37 @@ def markdown_table(rows: list[dict], data_name: str) -> str:
       verdict = ""
     else:
       ratios = [row["mse_ratio"] for row in group]
-      verdict = "yes" if all(r >= TARGET_RATIO for r in ratios) else "no"
+      if all(math.isinf(r) for r in ratios):
+        verdict = "exact by construction"
+      else:
+        verdict = "yes" if all(r >= TARGET_RATIO for r in ratios) else "no"
     lines.append("| " + " | ".join(cells + [verdict]) + " |")
   return "\n".join(lines)
 
 
 def verdicts(rows: list[dict], data_name: str) -> dict[str, tuple[int, int]]:
-  """Per family: (betas where every seed's MSE is >= 2x lower, betas)."""
+  """Per family: (betas where every seed's MSE is >= 2x lower, betas).
+
+  A family whose reconstructions are all exact (MS-Flow, a bijection) is
+  left out: its ratio says nothing about the method; see `exact_families`.
+  """
   counts: dict[str, list[int]] = {}
+  exact = exact_families(rows, data_name)
   for (data, _, model), group in aggregate(rows).items():
-    if data != data_name or model == STAGE_ONE:
+    if data != data_name or model == STAGE_ONE or model in exact:
       continue
     count = counts.setdefault(model, [0, 0])
     count[0] += all(row["mse_ratio"] >= TARGET_RATIO for row in group)
     count[1] += 1
   return {model: tuple(count) for model, count in counts.items()}
+
+
+def exact_families(rows: list[dict], data_name: str) -> list[str]:
+  """The families that reconstruct every image exactly (infinite ratio)."""
+  models = {row["model"] for row in rows if row["data"] == data_name} - {STAGE_ONE}
+  return sorted(model for model in models if all(
+      math.isinf(row["mse_ratio"]) for row in rows
+      if row["data"] == data_name and row["model"] == model))
 
 
 def write_csv(path: epath.Path, rows: list[dict]) -> None:

@@ -121,22 +121,47 @@ def test_seeds_are_averaged_and_every_seed_must_halve_the_error():
   rows = [
       _synthetic_row(1.0, 0, "stage one", 30.0, 1.0, 0.1),
       _synthetic_row(1.0, 0, "vae", 10.0, 3.0, 0.1),
+      _synthetic_row(1.0, 0, "flow", 0.0, math.inf, 0.1),
       _synthetic_row(1.0, 1, "stage one", 20.0, 1.0, 0.3),
       _synthetic_row(1.0, 1, "vae", 12.0, 1.6, 0.3),  # Not 2x for this seed.
+      _synthetic_row(1.0, 1, "flow", 0.0, math.inf, 0.3),
       _synthetic_row(4.0, 0, "stage one", 40.0, 1.0, 0.5),
       _synthetic_row(4.0, 0, "vae", 10.0, 4.0, 0.5),
+      _synthetic_row(4.0, 0, "flow", 0.0, math.inf, 0.5),
       _synthetic_row(4.0, 1, "stage one", 40.0, 1.0, 0.4),
       _synthetic_row(4.0, 1, "vae", 0.0, math.inf, 0.4),
+      _synthetic_row(4.0, 1, "flow", 0.0, math.inf, 0.4),
   ]
   table = results.markdown_table(rows, "toy").splitlines()
   assert table[2] == ("| 1 | stage one | 25.00 ± 7.07 | 1 (reference) | 0.200 ± 0.141 "
                       "| 0.500 ± 0.000 | 0.900 ± 0.000 |  |")
   assert table[3].startswith("| 1 | vae | 11.00 ± 1.41 | 2.30x ± 0.99 | ")
   assert table[3].endswith("| no |")
-  assert table[5].startswith("| 4 | vae | 5.00 ± 7.07 | exact | ")
-  assert table[5].endswith("| yes |")
+  assert table[4].startswith("| 1 | flow | 0.00 ± 0.00 | exact | ")
+  assert table[4].endswith("| exact by construction |")
+  assert table[6].startswith("| 4 | vae | 5.00 ± 7.07 | 4.00x (+1 exact) | ")
+  assert table[6].endswith("| yes |")
+  # MS-Flow's exact reconstructions are not evidence for the method.
+  assert results.exact_families(rows, "toy") == ["flow"]
   assert results.verdicts(rows, "toy") == {"vae": (1, 2)}
   assert figures.best_beta(rows, "toy") == 4.0
+
+
+def test_rerun_refuses_a_stage_two_it_could_only_corrupt(study):
+  workdir, _ = study
+  run = workdir / "dsprites" / "beta4-seed0" / "gmm"
+  config = beta_sweep.study_config(str(workdir), "dsprites", _BUDGET, 4.0, 0, "gmm")
+  config.stage1.num_steps += 2  # Stage one would be retrained longer ...
+  with pytest.raises(beta_sweep.configuration.RunDirectoryError,
+                     match="trained on stage one at step 6, but the study's stage one "
+                           "now has 8 steps"):
+    beta_sweep.run_or_load(config, run)
+  config = beta_sweep.study_config(str(workdir), "dsprites", _BUDGET, 4.0, 0, "gmm")
+  config.stage2.num_steps = 3  # ... or stage two would be cut short.
+  with pytest.raises(beta_sweep.configuration.RunDirectoryError,
+                     match="--stage2_steps=6"):
+    beta_sweep.run_or_load(config, run)
+  assert json.loads((run / "metrics.json").read_text())["stage2_step"] == 6  # Untouched.
 
 
 def test_bad_names_are_refused_before_training(tmp_path):
@@ -144,6 +169,9 @@ def test_bad_names_are_refused_before_training(tmp_path):
     beta_sweep.run_study(str(tmp_path), ["dsprites"], [1.0], [0], ["vae", "made_up"], _BUDGET)
   with pytest.raises(app.UsageError, match=r"Unknown data sets \['celeb_a'\]"):
     beta_sweep.run_study(str(tmp_path), ["celeb_a"], [1.0], [0], ["vae"], _BUDGET)
+  with pytest.raises(beta_sweep.configuration.ConfigError, match="batch_size"):
+    beta_sweep.run_study(str(tmp_path), ["dsprites"], [1.0], [0], ["vae"], beta_sweep.Budget(
+        "tiny", {"batch_size": 0}, "a broken budget"))
   with pytest.raises(app.UsageError, match="at least one stage-two family"):
     beta_sweep.run_study(str(tmp_path), ["dsprites"], [1.0], [0], [], _BUDGET)
   assert not list(tmp_path.iterdir())
