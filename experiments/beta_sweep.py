@@ -276,8 +276,10 @@ def report(rows: list[dict], data_names: Sequence[str], budget_name: str,
       f"`{command}`\n",
       f"Budget `{budget_name}`: {config.stage1.num_steps} stage-one and "
       f"{config.stage2.num_steps} stage-two steps at batch {config.batch_size}; "
-      f"{budget.description}. {machine}; {writers.format_duration(seconds)} for the "
-      "runs done by this invocation. Reconstruction errors are squared errors per "
+      f"{budget.description}. {machine}. This invocation trained and evaluated "
+      f"{sum(row['seconds'] is not None for row in rows)} of the {len(rows)} runs "
+      f"(the others were finished) in {writers.format_duration(seconds)}. "
+      "Reconstruction errors are squared errors per "
       "image, stage one and the multi-stage model on the same images, both from z = "
       "stage one's encoder mean; MIG and DCI are stage one's (the models share z).\n",
   ]
