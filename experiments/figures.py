@@ -175,14 +175,30 @@ def model_figures(configs: Mapping[str, ml_collections.ConfigDict],
   fig.tight_layout()
   _save(fig, paths[0])
 
-  fig, axes = plt.subplots(1, len(traversals),
-                           figsize=(2.2 * len(traversals), 0.4 * len(active) + 0.8))
-  for ax, (label, sweep) in zip(np.atleast_1d(axes), traversals.items()):
+  num_columns = min(3, len(traversals))
+  num_rows = -(-len(traversals) // num_columns)
+  cell = 0.45  # Inches per image.
+  fig, axes = plt.subplots(
+      num_rows, num_columns, squeeze=False,
+      figsize=(num_columns * (cell * len(values) + 0.6),
+               num_rows * (cell * len(active) + 0.5) + 0.4))
+  # The grid's rows: one latent each, `visualize`'s padding between them.
+  row_pitch = images.shape[1] + 2
+  row_centers = 2 + np.arange(len(active)) * row_pitch + images.shape[1] / 2
+  for ax, (label, sweep) in zip(axes.flat, traversals.items()):
     sweep = np.asarray(sweep)
     _show(ax, visualize.image_grid(sweep.reshape(-1, *sweep.shape[2:]), sweep.shape[1]),
           label)
-  fig.suptitle(f"latents z{', z'.join(map(str, active))} (rows) swept over "
-               f"±{eval_config.traversal_range:g}", fontsize="small")
+    ax.set_axis_on()
+    ax.set_xticks([])
+    ax.set_yticks(row_centers, [f"z{j}" for j in active], fontsize="small")
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+      spine.set_visible(False)
+  for ax in axes.flat[len(traversals):]:
+    ax.set_axis_off()
+  fig.suptitle(f"each row: one latent swept over ±{eval_config.traversal_range:g}, "
+               "the others at the image's code", fontsize="small")
   fig.tight_layout()
   _save(fig, paths[1])
   return paths
