@@ -164,6 +164,22 @@ def test_rerun_refuses_a_stage_two_it_could_only_corrupt(study):
   assert json.loads((run / "metrics.json").read_text())["stage2_step"] == 6  # Untouched.
 
 
+def test_a_reconstruction_exact_up_to_rounding_is_exact():
+  stage_one = {"mig": 0.2, "dci/disentanglement": 0.3, "active_latents": 5}
+  def family(mse):
+    return {"multi_stage/stage1_reconstruction_mse": 100.0,
+            "multi_stage/stage1_fidelity_r2": 0.9,
+            "multi_stage/stage1_reconstruction_psnr": 20.0,
+            "multi_stage/reconstruction_mse": mse,
+            "multi_stage/mse_ratio": 100.0 / mse if mse > 0 else None,
+            "multi_stage/conditioning_fidelity_r2": 0.8,
+            "multi_stage/reconstruction_psnr": 30.0}
+  rows = beta_sweep._rows("toy", 1.0, 0, stage_one, 5.0, [
+      ("flow", family(9e-12), 1.0), ("gmm", family(0.0), 1.0), ("vae", family(40.0), 1.0)])
+  assert [row["mse_ratio"] for row in rows] == [1.0, math.inf, math.inf, 2.5]
+  assert [row["mig"] for row in rows] == [0.2] * 4
+
+
 def test_bad_names_are_refused_before_training(tmp_path):
   with pytest.raises(app.UsageError, match=r"Unknown families \['made_up'\]"):
     beta_sweep.run_study(str(tmp_path), ["dsprites"], [1.0], [0], ["vae", "made_up"], _BUDGET)
