@@ -23,7 +23,8 @@ another config, or a stage two that the rerun could only corrupt, is refused
 (`configuration.RunDirectoryError`).
 
 `--budget` picks the scale:
-  cpu   -- about an hour for both data sets on a 2-core CPU (see `BUDGETS`);
+  cpu   -- both data sets on a 2-core CPU in about 1.5 hours (aimed at one;
+           experiments/RESULTS.md has what it took and what it shows);
   paper -- disentanglement_lib's scale (300k + 100k steps, the full metric
            suite and FID/KID on 10,000 samples), for GPUs and TPUs;
   tiny  -- a few steps, for tests.
@@ -81,9 +82,10 @@ _STUDY_METRICS = "mig,dci"
 BUDGETS = {
     "paper": Budget("paper", {}, "disentanglement_lib's settings and the full "
                     "evaluation"),
-    # Sized so that 2 data sets x 6 betas x (stage one + 4 families) finish in
-    # about an hour on a 2-core CPU; see experiments/RESULTS.md for what this
-    # buys. The learning rate and batch are the quick preset's.
+    # 2 data sets x 6 betas x (stage one + 4 families): about 1.4 hours of
+    # runs on a 2-core CPU, a third of it compiling and evaluating (see
+    # experiments/RESULTS.md for what these steps buy). The learning rate and
+    # batch are the quick preset's.
     "cpu": Budget("quick", {
         "stage1.num_steps": 800,
         "stage2.num_steps": 100,
