@@ -172,26 +172,31 @@ _EIGHT_DEVICES = textwrap.dedent("""
 """)
 
 
-# Eight host devices are eight threads on a 2-core machine: on a loaded one
-# (other test workers) XLA's CPU collectives gave up waiting for the last
-# thread ("only 7 of them arrived on time"). The program is the same.
-_PATIENT_COLLECTIVES = (" --xla_cpu_collective_timeout_seconds=600"
-                        " --xla_cpu_collective_call_terminate_timeout_seconds=600")
-
-
 def _run(args, env_update, timeout=600):
   env = dict(os.environ, JAX_PLATFORMS="cpu", **env_update)
   return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
                         timeout=timeout)
 
 
+# XLA:CPU's simulated host devices occasionally deadlock in a collective:
+# one of the eight device threads never reaches the rendezvous, and XLA gives
+# up ("... but only 7 of them arrived on time"). It was seen under load and
+# once in an otherwise idle run, in the pmap section; the same program passes
+# on a second attempt. Only that failure is retried, once; any other failure
+# is reported as it is.
+_SIMULATED_DEVICE_DEADLOCK = "arrived on time"
+
+
 @pytest.fixture(scope="module")
 def eight_devices(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("eight_devices")
-  result = _run([sys.executable, "-c", _EIGHT_DEVICES, str(workdir)],
-                {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
-                              + " --xla_force_host_platform_device_count=8"
-                              + _PATIENT_COLLECTIVES})
+  env = {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+                      + " --xla_force_host_platform_device_count=8"}
+  for attempt in range(2):
+    workdir = tmp_path_factory.mktemp("eight_devices")
+    result = _run([sys.executable, "-c", _EIGHT_DEVICES, str(workdir)], env)
+    if result.returncode == 0 or _SIMULATED_DEVICE_DEADLOCK not in result.stderr:
+      break
+    print(f"attempt {attempt + 1}: simulated devices deadlocked in a collective")
   assert result.returncode == 0, result.stderr[-4000:]
   assert "eight devices ok" in result.stdout
   return workdir, result.stdout
