@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import math
 import platform
 import sys
@@ -47,21 +46,17 @@ from typing import Any, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 from etils import epath
 import jax
 import ml_collections
 
 from experiments import results
+from experiments import runs
 from msdr_jax import configuration
 from msdr_jax import families
-from msdr_jax import train
 from msdr_jax import writers
 
 DEFAULT_BETAS = (1.0, 2.0, 4.0, 6.0, 8.0, 10.0)
-# A squared error per image below this is an exact reconstruction: it is
-# less than one 8-bit grey level in a single pixel ((1/255)^2 = 1.5e-5).
-EXACT_MSE = 1e-6
 # The data sets the study runs without a download: config files in configs/
 # whose default source is the procedural renderer (labelled factors, so the
 # disentanglement is scored). The Shapes3D scenes are a look-alike renderer.
@@ -130,53 +125,6 @@ def run_directory(workdir: str, data_name: str, beta: float, seed: int) -> epath
   return epath.Path(workdir) / data_name / f"beta{beta:g}-seed{seed}"
 
 
-def _finished_metrics(config: ml_collections.ConfigDict, workdir: epath.Path):
-  """The metrics of a finished run in `workdir`, or None if it must (re)run.
-
-  Refuses (`configuration.RunDirectoryError`) a directory of another config,
-  and a stage two that a rerun could only corrupt: one trained on another
-  stage one, or beyond the study's stage-two steps.
-  """
-  configuration.check_workdir(config, str(workdir))
-  path = workdir / "metrics.json"
-  if not path.exists():
-    return None
-  metrics = json.loads(path.read_text())
-  stage1_steps, stage2_steps = config.stage1.num_steps, config.stage2.num_steps
-  if config.stage2.family == families.NO_STAGE_TWO:
-    return metrics if metrics.get("step") == stage1_steps else None
-  # A stage-two run records the step of the stage one it was trained on
-  # (its stage-one evaluation is written before stage two trains).
-  if metrics.get("step") != stage1_steps:
-    raise configuration.RunDirectoryError(
-        f"{workdir} holds a stage two trained on stage one at step "
-        f"{metrics.get('step')}, but the study's stage one now has {stage1_steps} "
-        f"steps. Delete {workdir} to retrain it on the new stage one, or use "
-        "another --workdir.")
-  trained = metrics.get("stage2_step")
-  if trained is not None and trained > stage2_steps:
-    raise configuration.RunDirectoryError(
-        f"{workdir} holds a stage two trained for {trained} steps, more than the "
-        f"study's {stage2_steps}. Pass --stage2_steps={trained}, or use another "
-        "--workdir.")
-  return metrics if trained == stage2_steps else None
-
-
-def run_or_load(config: ml_collections.ConfigDict,
-                workdir: epath.Path) -> tuple[dict, float | None]:
-  """(metrics, seconds) of the run: trained and evaluated unless finished.
-
-  `seconds` is None for a finished run reused as it is.
-  """
-  metrics = _finished_metrics(config, workdir)
-  if metrics is not None:
-    logging.info("%s is finished; reusing its metrics.json.", workdir)
-    return metrics, None
-  start = time.time()
-  metrics = train.train_and_evaluate(config, str(workdir))
-  return metrics, time.time() - start
-
-
 def _rows(data_name, beta, seed, stage_one_metrics, stage_one_seconds, family_runs):
   """Stage one's row, then one per family, from the runs' metrics.
 
@@ -203,34 +151,12 @@ def _rows(data_name, beta, seed, stage_one_metrics, stage_one_seconds, family_ru
                  "reconstruction_mse": mse,
                  # MS-Flow is a bijection: its error is float rounding (1e-11
                  # on Shapes3D), not a ratio worth printing.
-                 "mse_ratio": (math.inf if mse < EXACT_MSE
+                 "mse_ratio": (math.inf if mse < runs.EXACT_MSE
                                else metrics["multi_stage/mse_ratio"]),
                  "conditioning_fidelity_r2": metrics["multi_stage/conditioning_fidelity_r2"],
                  "reconstruction_psnr": metrics["multi_stage/reconstruction_psnr"],
                  "seconds": seconds})
   return rows
-
-
-class StudyProgress:
-  """Runs done, elapsed time and the study's ETA, for the log."""
-
-  def __init__(self, num_runs: int):
-    self._num_runs, self._done, self._start = num_runs, 0, time.time()
-    self._seconds_run = 0.0
-    self._runs_timed = 0
-
-  def finished(self, name: str, seconds: float) -> None:
-    self._done += 1
-    if seconds is not None:  # Reused runs say nothing about the time of the rest.
-      self._seconds_run += seconds
-      self._runs_timed += 1
-    left = self._num_runs - self._done
-    eta = left * self._seconds_run / max(self._runs_timed, 1)
-    logging.info("Study: run %d/%d done (%s, %s); elapsed %s, ETA %s.",
-                 self._done, self._num_runs, name,
-                 "reused" if seconds is None else f"{seconds:.0f} s",
-                 writers.format_duration(time.time() - self._start),
-                 writers.format_duration(eta))
 
 
 def run_study(workdir: str, data_names: Sequence[str], betas: Sequence[float],
@@ -253,19 +179,20 @@ def run_study(workdir: str, data_names: Sequence[str], betas: Sequence[float],
   for config in configs.values():  # Every mistake before hours of training.
     configuration.validate(config)
   rows = []
-  progress = StudyProgress(len(data_names) * len(betas) * len(seeds) * (1 + len(family_names)))
+  progress = runs.StudyProgress(
+      len(data_names) * len(betas) * len(seeds) * (1 + len(family_names)))
   for data_name in data_names:
     for beta in betas:
       for seed in seeds:
         root = run_directory(workdir, data_name, beta, seed)
         config = configs[data_name, beta, seed, families.NO_STAGE_TWO]
-        stage_one_metrics, stage_one_seconds = run_or_load(config, root / "stage1")
+        stage_one_metrics, stage_one_seconds = runs.run_or_load(config, root / "stage1")
         name = f"{data_name} beta {beta:g} seed {seed}"
         progress.finished(f"{name} stage one", stage_one_seconds)
         family_runs = []
         for family in family_names:
           config = configs[data_name, beta, seed, family]
-          metrics, seconds = run_or_load(config, root / family)
+          metrics, seconds = runs.run_or_load(config, root / family)
           progress.finished(f"{name} {family}", seconds)
           family_runs.append((family, metrics, seconds))
         rows.extend(_rows(data_name, beta, seed, stage_one_metrics, stage_one_seconds,

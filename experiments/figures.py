@@ -35,9 +35,9 @@ from msdr_jax import evaluation  # pylint: disable=g-import-not-at-top
 from msdr_jax import families  # pylint: disable=g-import-not-at-top
 from msdr_jax import losses  # pylint: disable=g-import-not-at-top
 from msdr_jax import multi_stage  # pylint: disable=g-import-not-at-top
+from msdr_jax import stage_one as stage_one_lib  # pylint: disable=g-import-not-at-top
 from msdr_jax import train  # pylint: disable=g-import-not-at-top
 from msdr_jax import visualize  # pylint: disable=g-import-not-at-top
-from msdr_jax.models import vae  # pylint: disable=g-import-not-at-top
 
 _NUM_SHOWN = 8
 _FIGURE_KEY = 2**21  # Images of the figures; any fixed key would do.
@@ -121,9 +121,11 @@ def model_figures(configs: Mapping[str, ml_collections.ConfigDict],
 
   Args:
     configs: run configs by family name, `families.NO_STAGE_TWO` (stage one)
-      first, as the study makes them (`beta_sweep.study_config`).
-    run_root: `<study>/<data>/beta<b>-seed<s>`, holding a directory per key of
-      `configs` (the stage-one one named `stage1`).
+      first, as the studies make them (`beta_sweep.study_config`,
+      `pretrained_study.study_config`).
+    run_root: the directory holding a run directory per key of `configs`
+      (the stage-one one named `stage1`); stage one's parameters are those
+      of its config's `stage1.checkpoint`, or of that run.
     prefix: the figures are `<prefix>-reconstructions.png` and
       `<prefix>-traversals.png`.
 
@@ -132,16 +134,16 @@ def model_figures(configs: Mapping[str, ml_collections.ConfigDict],
   """
   run_root, prefix = epath.Path(run_root), epath.Path(prefix)
   stage_one_config = configs[families.NO_STAGE_TWO].copy_and_resolve_references()
-  stage_one_config.stage1.checkpoint = str(run_root / "stage1")
+  if not stage_one_config.stage1.checkpoint:  # Stage one was trained in its run.
+    stage_one_config.stage1.checkpoint = str(run_root / "stage1")
   dataset = data.get_dataset(stage_one_config.data)
   shape = dataset.observation_shape
   stage1_params, _ = train.load_stage_one(stage_one_config, shape)
-  stage_one = vae.model_from_config(stage_one_config.stage1.model, shape)
+  stage_one = stage_one_lib.StageOne.from_config(stage_one_config, shape)
 
   images, _ = dataset.sample(jax.random.PRNGKey(_FIGURE_KEY), _NUM_SHOWN)
-  code = stage_one.apply({"params": stage1_params}, images, method=vae.VAE.encode)[0]
-  decode = lambda codes: losses.decoder_mean(
-      stage_one.apply({"params": stage1_params}, codes, method=vae.VAE.decode))
+  code = stage_one.encode(stage1_params, images)[0]
+  decode = lambda codes: losses.decoder_mean(stage_one.decode(stage1_params, codes))
   eval_config = stage_one_config.eval
   values = jnp.linspace(-eval_config.traversal_range, eval_config.traversal_range,
                         eval_config.traversal_steps)
@@ -208,3 +210,65 @@ def _show(ax, grid: np.ndarray, title: str) -> None:
   ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
   ax.set_title(title, fontsize="small")
   ax.set_axis_off()
+
+
+def plot_pretrained(rows, directory: epath.PathLike) -> list[epath.Path]:
+  """The pretrained study's plots (`pretrained_study`); returns their paths.
+
+  reconstruction_vs_mig.png -- the paper's figure: reconstruction MSE against
+      MIG, each stage one and its multi-stage models at the same MIG (they
+      share z), linked by a line per checkpoint;
+  sample_fid.png            -- FID of samples per checkpoint and model;
+  conditioning_fidelity.png -- fidelity R^2 on the informative latents.
+  """
+  directory = epath.Path(directory)
+  checkpoints = list(dict.fromkeys(row["checkpoint"] for row in rows))
+  models = _models(rows)
+  colours = {model: f"C{i}" for i, model in enumerate(models)}
+  paths = []
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for name in checkpoints:
+    group = [row for row in rows if row["checkpoint"] == name]
+    finite = [row for row in group if np.isfinite(row["mse_ratio"])]
+    mig = group[0]["mig"]
+    ax.plot([mig] * len(finite), [row["reconstruction_mse"] for row in finite],
+            color="0.7", zorder=1)
+    ax.annotate(name, (mig, max(row["reconstruction_mse"] for row in finite)),
+                textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+    for row in finite:
+      ax.scatter(mig, row["reconstruction_mse"], color=colours[row["model"]], zorder=2,
+                 marker="s" if row["model"] == results.STAGE_ONE else "o")
+  for model in models:
+    ax.scatter([], [], color=colours[model], label=model,
+               marker="s" if model == results.STAGE_ONE else "o")
+  ax.set_yscale("log")
+  ax.set_xlabel("MIG (stage one's z, shared by its multi-stage models)")
+  ax.set_ylabel("reconstruction squared error per image")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize="small")
+  fig.tight_layout()
+  paths.append(directory / "reconstruction_vs_mig.png")
+  _save(fig, paths[-1])
+
+  for filename, key, label in (
+      ("sample_fid.png", "fid", "FID of samples (lower is better)"),
+      ("conditioning_fidelity.png", "fidelity_r2_informative",
+       "conditioning fidelity R^2, latents with >= 0.5 nats")):
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(models)
+    for i, model in enumerate(models):
+      values = [next((row[key] for row in rows if row["checkpoint"] == name
+                      and row["model"] == model), None) for name in checkpoints]
+      ax.bar(np.arange(len(checkpoints)) + i * width,
+             [np.nan if v is None else v for v in values], width,
+             color=colours[model], label=model)
+    ax.set_xticks(np.arange(len(checkpoints)) + 0.4 - width / 2, checkpoints,
+                  fontsize="small")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    paths.append(directory / filename)
+    _save(fig, paths[-1])
+  return paths

@@ -19,7 +19,9 @@ import os
 from typing import Any, Callable, Iterable, Mapping
 
 from etils import epath
+import jax
 import ml_collections
+import numpy as np
 
 
 class ConfigError(ValueError):
@@ -212,12 +214,7 @@ def _validate_stage_two(config, families, train) -> None:
   _check_choice(config, "stage2.family", [*families.FAMILIES, families.NO_STAGE_TWO])
   family = config.stage2.family
   if family == families.NO_STAGE_TWO:
-    if config.stage1.checkpoint:
-      raise ConfigError(
-          "config.stage1.checkpoint is set but config.stage2.family='none': "
-          "there is nothing to train. Choose a family, e.g. "
-          "--config.stage2.family=vae.")
-    return
+    return  # With config.stage1.checkpoint: evaluate that stage one only.
   conditioning = _get(config, "stage2.conditioning")
   if conditioning not in families.base.CONDITIONINGS:
     raise ConfigError(
@@ -358,6 +355,45 @@ def bind_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
         f"Cannot use {path} ({type(e).__name__}: {e}). Use another --workdir."
     ) from e
   _check_same_run(theirs, config, workdir)
+
+
+STAGE_ONE_FILENAME = "stage_one.json"
+
+
+def params_digest(params: Any) -> str:
+  """SHA-256 of a parameter pytree's structure, shapes, dtypes and values."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    leaf = np.asarray(leaf)
+    digest.update(f"{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape};".encode())
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()
+
+
+def bind_stage_one(workdir: str, digest: str) -> None:
+  """Records the digest of a stage one given from Python, or checks it.
+
+  A run whose stage one is not named by its config (`train_and_evaluate`'s
+  `stage_one` argument) keeps its parameters' digest in `stage_one.json`, so
+  that resuming it on other stage-one parameters is refused.
+  """
+  path = epath.Path(workdir) / STAGE_ONE_FILENAME
+  try:
+    if path.exists():
+      theirs = json.loads(path.read_text()).get("params_sha256")
+      if theirs != digest:
+        raise RunDirectoryError(
+            f"{workdir} holds a run on another stage one (parameter digest "
+            f"{str(theirs)[:12]} there, {digest[:12]} here). Use another workdir, "
+            "or pass the stage-one parameters it was trained on.")
+      return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / (STAGE_ONE_FILENAME + ".tmp")
+    tmp.write_text(json.dumps({"params_sha256": digest}))
+    tmp.replace(path)
+  except (OSError, ValueError) as e:
+    raise RunDirectoryError(
+        f"Cannot use {path} ({type(e).__name__}: {e}). Use another workdir.") from e
 
 
 def _check_same_run(theirs: Mapping[str, Any], config, workdir: str) -> None:

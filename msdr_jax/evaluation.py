@@ -34,6 +34,7 @@ from msdr_jax import image_metrics
 from msdr_jax import losses
 from msdr_jax import metrics
 from msdr_jax import multi_stage
+from msdr_jax import stage_one as stage_one_lib
 from msdr_jax import visualize
 from msdr_jax import writers
 from msdr_jax.data import ground_truth
@@ -67,36 +68,39 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
-def _make_eval_batch(model, stage_config, batch_size: int):
+def _make_eval_batch(stage_one: stage_one_lib.StageOne, tc_estimator: str,
+                     batch_size: int):
   """Jitted statistics of one freshly sampled batch."""
   @jax.jit
   def eval_batch(params, dataset, rng):
     data_rng, sample_rng = jax.random.split(rng)
     images, factors = dataset.sample(data_rng, batch_size)
-    out = model.apply({"params": params}, images, sample_rng)
-    recon = losses.decoder_mean(out.decoder_output)
+    mean, log_var = stage_one.encode(params, images)
+    latents = vae.sample_diagonal_gaussian(sample_rng, mean, log_var)
+    logits = stage_one.decode(params, latents)
+    recon = losses.decoder_mean(logits)
     terms = losses.decomposed_kl_terms(
-        out.latents, out.mean, out.log_var, dataset.num_images,
-        stage_config.objective.tc_estimator,
-    )
+        latents, mean, log_var, dataset.num_images, tc_estimator)
     per_image = lambda x: x.reshape(batch_size, -1).sum(-1)
     return {
         "images": images[:_NUM_SHOWN],
         "reconstructions": recon[:_NUM_SHOWN],
-        "mean": out.mean,
+        "mean": mean,
         "factors": factors,
-        "bce": losses.bernoulli_nll(out.decoder_output, images),
+        "bce": losses.bernoulli_nll(logits, images),
         "mse": per_image((recon - images) ** 2),
         "psnr": image_metrics.psnr(images, recon),
         "ssim": image_metrics.ssim(images, recon),
-        "kl_per_latent": losses.kl_to_standard_normal(out.mean, out.log_var),
+        "kl_per_latent": losses.kl_to_standard_normal(mean, log_var),
         "tc": terms["tc"],
     }
 
   return eval_batch
 
 
-def traversals(model, params, code: jax.Array, values: jax.Array) -> jax.Array:
+def traversals(
+    stage_one: stage_one_lib.StageOne, params, code: jax.Array, values: jax.Array
+) -> jax.Array:
   """Decodes `code` with latent j set to each of `values`, for every j.
 
   Returns [K, len(values), H, W, C] mean images.
@@ -105,9 +109,7 @@ def traversals(model, params, code: jax.Array, values: jax.Array) -> jax.Array:
   codes = jnp.tile(code, (num_latents, len(values), 1))
   rows = jnp.arange(num_latents)
   codes = codes.at[rows, :, rows].set(values[None, :])
-  logits = model.apply(
-      {"params": params}, codes.reshape(-1, num_latents), method=vae.VAE.decode
-  )
+  logits = stage_one.decode(params, codes.reshape(-1, num_latents))
   return losses.decoder_mean(logits).reshape(num_latents, len(values), *logits.shape[1:])
 
 
@@ -126,6 +128,7 @@ def evaluate_stage_one(
     step: int,
     rng: jax.Array,
     writer: writers.MetricWriter,
+    stage_one: stage_one_lib.StageOne | None = None,
 ) -> dict[str, Any]:
   """Computes the stage-one metrics and figures; returns the metrics dict.
 
@@ -133,14 +136,18 @@ def evaluate_stage_one(
     config: the run's config (`stage1` and `eval` are used).
     workdir: where the figures and `metrics.json` go.
     dataset: the ground-truth data set to draw evaluation batches from.
-    params: stage-one VAE parameters.
+    params: stage-one parameters.
     step: training step of `params`, recorded with the results.
     rng: evaluation key, independent of the training stream.
     writer: TensorBoard writer.
+    stage_one: the stage one `params` belong to; default: the VAE of
+      `config.stage1`.
   """
   eval_config = config.eval
-  model = vae.model_from_config(config.stage1.model, dataset.observation_shape)
-  eval_batch = _make_eval_batch(model, config.stage1, eval_config.batch_size)
+  if stage_one is None:
+    stage_one = stage_one_lib.StageOne.from_config(config, dataset.observation_shape)
+  eval_batch = _make_eval_batch(
+      stage_one, config.stage1.objective.tc_estimator, eval_config.batch_size)
   num_batches = eval_config.num_points // eval_config.batch_size
   batches = [
       jax.device_get(eval_batch(params, dataset, jax.random.fold_in(rng, i)))
@@ -168,8 +175,7 @@ def evaluate_stage_one(
       "active_latents": int(active.sum()),
       "latent_mean_variance": mean_variance.tolist(),
   }
-  encode_mean = lambda images: model.apply(
-      {"params": params}, images, method=vae.VAE.encode)[0]
+  encode_mean = lambda images: stage_one.encode(params, images)[0]
   if dataset.num_factors:
     results.update(suite.evaluate(
         encode_mean, dataset, jax.random.fold_in(rng, _SUITE_STREAM),
@@ -177,9 +183,8 @@ def evaluate_stage_one(
     results["metric_factors"] = list(dataset.factor_names)
   else:
     logging.info("The data set has no labelled factors: no disentanglement metrics.")
-  decode_prior_sample = lambda p, key, num: losses.decoder_mean(model.apply(
-      {"params": p}, jax.random.normal(key, (num, model.latent_dim)),
-      method=vae.VAE.decode))
+  decode_prior_sample = lambda p, key, num: losses.decoder_mean(stage_one.decode(
+      p, jax.random.normal(key, (num, stage_one.latent_dim))))
   results.update(sample_quality(eval_config, dataset, rng, decode_prior_sample, params))
 
   workdir_path = epath.Path(workdir)
@@ -189,7 +194,7 @@ def evaluate_stage_one(
       -eval_config.traversal_range, eval_config.traversal_range,
       eval_config.traversal_steps,
   )
-  decoded = np.asarray(traversals(model, params, jnp.asarray(means[0]), values))
+  decoded = np.asarray(traversals(stage_one, params, jnp.asarray(means[0]), values))
   labels = [
       f"z{j} KL {kl:.2f}{'' if on else ' (off)'}"
       for j, (kl, on) in enumerate(zip(kl_per_latent, active))
@@ -274,8 +279,7 @@ def _make_multi_stage_eval_batch(model: multi_stage.MultiStageModel, batch_size)
     data_rng, _ = jax.random.split(stage1_rng)
     loss_rng, latent_rng = jax.random.split(rng)
     images, _ = dataset.sample(data_rng, batch_size)
-    stage1_codes, _ = model.stage1.apply(
-        {"params": params["stage1"]}, images, method=vae.VAE.encode)
+    stage1_codes, _ = model.stage1.encode(params["stage1"], images)
     codes, latents = model.encode(params, images)
     cond = multi_stage.condition(model.stage1, params["stage1"], images)
     reconstructions = model.stage2.decode(params["stage2"], cond, latents)
@@ -285,8 +289,7 @@ def _make_multi_stage_eval_batch(model: multi_stage.MultiStageModel, batch_size)
     generated = model.stage2.decode(
         params["stage2"], cond,
         model.stage2.sample_latents(params["stage2"], cond, latent_rng))
-    encode = lambda x: model.stage1.apply(
-        {"params": params["stage1"]}, x, method=vae.VAE.encode)[0]
+    encode = lambda x: model.stage1.encode(params["stage1"], x)[0]
     per_image = lambda x: x.reshape(batch_size, -1).sum(-1)
     return {
         "images": images[:_NUM_SHOWN],
@@ -330,6 +333,7 @@ def evaluate_multi_stage(
     rng: jax.Array,
     writer: writers.MetricWriter,
     stage1_results: dict[str, Any],
+    stage_one: stage_one_lib.StageOne | None = None,
 ) -> dict[str, Any]:
   """Adds the multi-stage metrics and figures to `stage1_results`.
 
@@ -344,12 +348,15 @@ def evaluate_multi_stage(
     rng: stage two's evaluation key, independent of the training streams.
     writer: TensorBoard writer.
     stage1_results: what `evaluate_stage_one` returned.
+    stage_one: the stage one of `params["stage1"]`; default: the VAE of
+      `config.stage1`.
 
   Returns:
     All metrics, also written to `workdir/metrics.json`.
   """
   eval_config = config.eval
-  model = multi_stage.MultiStageModel.from_config(config, dataset.observation_shape)
+  model = multi_stage.MultiStageModel.from_config(
+      config, dataset.observation_shape, stage_one=stage_one)
   eval_batch = _make_multi_stage_eval_batch(model, eval_config.batch_size)
   num_batches = eval_config.num_points // eval_config.batch_size
   batches = [
@@ -397,6 +404,7 @@ def evaluate_multi_stage(
       "multi_stage/stage1_fidelity_r2": stage1_fidelity["r2"],
       "multi_stage/stage1_fidelity_r2_variance_weighted": (
           stage1_fidelity["r2_variance_weighted"]),
+      "multi_stage/stage1_fidelity_r2_per_latent": stage1_fidelity["r2_per_latent"],
       **{f"stage2/{name}": value for name, value in family_metrics.items()},
   })
   # With stage one's key: the same real images as stage one's FID and KID.

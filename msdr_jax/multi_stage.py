@@ -5,10 +5,13 @@ The generative model is
   z ~ N(0, I),  w ~ p(w),  y = dec(z),  x ~ p(x | y, z, w),
 
 with stage one's decoder giving y and a stage-two family (`families/`) giving
-p(x | c, w), c = (z, y). `MultiStageModel` exposes it as pure functions of
-the parameter pytree `{"stage1": ..., "stage2": ...}`:
+p(x | c, w), c = (z, y). Stage one is any `stage_one.StageOne` (the
+library's VAE, an imported checkpoint, a user's own networks).
+`MultiStageModel` exposes the model as pure functions of the parameter
+pytree `{"stage1": ..., "stage2": ...}`:
 
   model = multi_stage.MultiStageModel.from_config(config, image_shape)
+  model = multi_stage.MultiStageModel.from_config(config, stage_one=stage_one)
   codes, latents = model.encode(params, images)   # z = stage one's mean.
   images = model.reconstruct(params, images)
   images = model.sample(params, rng, 16)
@@ -35,36 +38,37 @@ import jax.numpy as jnp
 import ml_collections
 
 from msdr_jax import losses
+from msdr_jax import stage_one as stage_one_lib
 from msdr_jax.families import FAMILIES
 from msdr_jax.families import base
-from msdr_jax.models import vae
 
 Params = Any
+StageOne = stage_one_lib.StageOne
 
 
 def family_from_config(
     config: ml_collections.ConfigDict,
-    image_shape: tuple[int, int, int],
+    stage_one: StageOne,
     compute_dtype: Any = jnp.float32,
 ) -> base.Family:
-  """The stage-two family of `config.stage2` for images of `image_shape`."""
+  """The stage-two family of `config.stage2` for `stage_one`'s images."""
   family = FAMILIES[config.stage2.family]
   return family.from_config(
-      config.stage2, tuple(image_shape), config.stage1.model.likelihood,
+      config.stage2, stage_one.image_shape, stage_one.likelihood,
       compute_dtype=compute_dtype)
 
 
 def condition_on_codes(
-    stage1_model: vae.VAE, stage1_params: Params, codes: jax.Array
+    stage_one: StageOne, stage1_params: Params, codes: jax.Array
 ) -> base.Conditioning:
   """c = (z, dec(z)) for given stage-one codes z."""
   stage1_params = jax.lax.stop_gradient(stage1_params)
-  logits = stage1_model.apply({"params": stage1_params}, codes, method=vae.VAE.decode)
+  logits = stage_one.decode(stage1_params, codes)
   return base.Conditioning(codes, logits, losses.decoder_mean(logits))
 
 
 def condition(
-    stage1_model: vae.VAE, stage1_params: Params, images: jax.Array
+    stage_one: StageOne, stage1_params: Params, images: jax.Array
 ) -> base.Conditioning:
   """c = (z, dec(z)) with z the stage-one posterior mean of `images`.
 
@@ -72,29 +76,37 @@ def condition(
   code whose meaning stage two must keep.
   """
   stage1_params = jax.lax.stop_gradient(stage1_params)
-  codes, _ = stage1_model.apply({"params": stage1_params}, images, method=vae.VAE.encode)
-  return condition_on_codes(stage1_model, stage1_params, codes)
+  codes, _ = stage_one.encode(stage1_params, images)
+  return condition_on_codes(stage_one, stage1_params, codes)
 
 
 @dataclasses.dataclass(frozen=True)
 class MultiStageModel:
-  """Stage one (a `vae.VAE`) and a stage-two family; no parameters inside."""
+  """Stage one (any `StageOne`) and a stage-two family; no parameters inside."""
 
-  stage1: vae.VAE
+  stage1: StageOne
   stage2: base.Family
 
   @classmethod
   def from_config(
       cls,
       config: ml_collections.ConfigDict,
-      image_shape,
+      image_shape: tuple[int, int, int] | None = None,
       compute_dtype: Any = jnp.float32,
+      stage_one: StageOne | None = None,
   ) -> MultiStageModel:
-    """Both stages of `config`, their networks computing in `compute_dtype`."""
-    return cls(
-        stage1=vae.model_from_config(config.stage1.model, image_shape, compute_dtype),
-        stage2=family_from_config(config, image_shape, compute_dtype),
-    )
+    """`stage_one` (default: the VAE of `config.stage1`) and `config`'s family.
+
+    The networks the library builds compute in `compute_dtype`; a given
+    `stage_one` computes as it was built.
+    """
+    if stage_one is None:
+      stage_one = StageOne.from_config(config, image_shape, compute_dtype)
+    elif image_shape is not None and tuple(image_shape) != stage_one.image_shape:
+      raise ValueError(
+          f"Stage one takes {stage_one.image_shape} images, not {tuple(image_shape)}.")
+    return cls(stage1=stage_one,
+               stage2=family_from_config(config, stage_one, compute_dtype))
 
   def loss(self, stage2_params, stage1_params, images, rng):
     """(loss, metrics) of stage two; stage one gets no gradient."""
@@ -149,12 +161,14 @@ class MultiStageModel:
 
 def make_loss_fn(
     config: ml_collections.ConfigDict,
-    image_shape: tuple[int, int, int],
+    image_shape: tuple[int, int, int] | None = None,
     compute_dtype: Any = jnp.float32,
+    stage_one: StageOne | None = None,
 ) -> Callable[..., tuple[jax.Array, base.Metrics]]:
   """Returns `loss(stage2_params, stage1_params, images, rng) -> (loss, metrics)`.
 
-  With `compute_dtype=jnp.bfloat16` the networks compute in bfloat16; the
-  loss and the gradients with respect to the float32 parameters are float32.
+  Stage one is `stage_one`, by default the VAE of `config.stage1`. With
+  `compute_dtype=jnp.bfloat16` the networks compute in bfloat16; the loss and
+  the gradients with respect to the float32 parameters are float32.
   """
-  return MultiStageModel.from_config(config, image_shape, compute_dtype).loss
+  return MultiStageModel.from_config(config, image_shape, compute_dtype, stage_one).loss

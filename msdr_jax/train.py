@@ -45,6 +45,9 @@ from msdr_jax import families
 from msdr_jax import losses
 from msdr_jax import multi_stage
 from msdr_jax import parallel
+from msdr_jax import pytorch_import
+from msdr_jax import stage_one as stage_one_lib
+from msdr_jax import torch_checkpoint
 from msdr_jax import writers
 from msdr_jax.models import vae
 
@@ -159,12 +162,14 @@ def create_stage_two_state(
     image_shape: tuple[int, int, int],
     stage1_params: Any,
     rng: jax.Array,
+    stage_one: stage_one_lib.StageOne | None = None,
 ) -> TrainState:
   """Initialises the stage-two family's parameters and optimizer state.
 
-  `stage1_params` only shapes the conditioning the family is built for.
+  `stage1_params` (of `stage_one`, default the VAE of `config.stage1`) only
+  shape the conditioning the family is built for.
   """
-  model = multi_stage.MultiStageModel.from_config(config, image_shape)
+  model = multi_stage.MultiStageModel.from_config(config, image_shape, stage_one=stage_one)
   images = jnp.zeros((1, *image_shape), jnp.float32)
   cond = multi_stage.condition(model.stage1, stage1_params, images)
   params = model.stage2.init(rng, cond, images)
@@ -180,16 +185,18 @@ def make_stage_two_train_step(
     image_shape: tuple[int, int, int],
     axis_name: str | None = None,
     compute_dtype: Any = jnp.float32,
+    stage_one: stage_one_lib.StageOne | None = None,
 ) -> Callable[[TrainState, Any, jax.Array, jax.Array], tuple[TrainState, Metrics]]:
   """Returns the pure `train_step(state, stage1_params, batch, rng)`.
 
   The frozen stage-one parameters are an ordinary input: the gradient is
   taken with respect to `state.params` only, and the loss stops stage one's
   gradient as well, so nothing can flow into it. Passing another stage-one
-  checkpoint reuses the compiled step. `axis_name` and `compute_dtype` are
-  those of `make_train_step`.
+  checkpoint reuses the compiled step. Stage one is `stage_one` (any
+  `stage_one.StageOne`), by default the VAE of `config.stage1`. `axis_name`
+  and `compute_dtype` are those of `make_train_step`.
   """
-  loss_fn = multi_stage.make_loss_fn(config, image_shape, compute_dtype)
+  loss_fn = multi_stage.make_loss_fn(config, image_shape, compute_dtype, stage_one)
 
   def train_step(state: TrainState, stage1_params, batch: jax.Array, rng: jax.Array):
     grads, metrics = jax.grad(loss_fn, has_aux=True)(
@@ -263,15 +270,27 @@ def load_stage_one(
 ) -> tuple[Any, int]:
   """(params, step) of the stage-one checkpoint `config.stage1.checkpoint`.
 
-  The path is a stage-one work directory or its `checkpoints/` directory;
-  the latest checkpoint is used. A checkpoint of another model is refused
-  with the first parameter whose shape differs, both shapes named.
+  The path is a stage-one work directory or its `checkpoints/` directory
+  (the latest checkpoint is used), or a PyTorch checkpoint of the Burgess et
+  al. architecture: a `torch.save` file or a directory holding `model.pt`
+  (`pytorch_import`; its step is 0). A checkpoint of another model is
+  refused with the first parameter whose shape differs, both shapes named; an
+  unreadable one in one line.
   """
+  if pytorch_import.is_pytorch_checkpoint(config.stage1.checkpoint):
+    try:
+      params = pytorch_import.load_params(
+          config.stage1.checkpoint, config.stage1.model, image_shape)
+    except (torch_checkpoint.CheckpointError,
+            pytorch_import.IncompatibleCheckpointError) as e:
+      raise configuration.RunDirectoryError(str(e)) from None
+    return params, 0
   path = epath.Path(config.stage1.checkpoint).absolute()
   if (path / STAGE_ONE_CHECKPOINTS).is_dir():
     path = path / STAGE_ONE_CHECKPOINTS
-  fix = ("Pass a stage-one work directory (or its checkpoints/ directory) as "
-         "--config.stage1.checkpoint, or leave it empty to train stage one.")
+  fix = ("Pass a stage-one work directory (or its checkpoints/ directory) or a "
+         "PyTorch checkpoint as --config.stage1.checkpoint, or leave it empty to "
+         "train stage one.")
   if not path.is_dir():
     raise configuration.RunDirectoryError(
         f"Stage-one checkpoint {config.stage1.checkpoint} does not exist. {fix}")
@@ -313,12 +332,14 @@ def load_stage_two(
     workdir: str,
     image_shape: tuple[int, int, int],
     stage1_params: Any,
+    stage_one: stage_one_lib.StageOne | None = None,
 ) -> tuple[Any, int] | None:
   """(params, step) of the latest stage-two checkpoint in `workdir`, or None."""
   path = epath.Path(workdir).absolute() / STAGE_TWO_CHECKPOINTS
   if not path.is_dir():
     return None
-  state = create_stage_two_state(config, image_shape, stage1_params, jax.random.PRNGKey(0))
+  state = create_stage_two_state(
+      config, image_shape, stage1_params, jax.random.PRNGKey(0), stage_one)
   manager = ocp.CheckpointManager(
       path, options=ocp.CheckpointManagerOptions(create=False, read_only=True))
   try:
@@ -483,17 +504,23 @@ def train_stage_two(
     stage1_params: Any,
     writer: writers.MetricWriter,
     mesh: jax.sharding.Mesh | None = None,
+    stage_one: stage_one_lib.StageOne | None = None,
 ) -> TrainState:
-  """Trains (or resumes) stage two on frozen `stage1_params`, on `mesh`."""
+  """Trains (or resumes) stage two on frozen `stage1_params`, on `mesh`.
+
+  `stage1_params` are those of `stage_one` (default: the VAE of
+  `config.stage1`).
+  """
   mesh = parallel.data_mesh() if mesh is None else mesh
   image_shape = dataset.observation_shape
   init_rng, train_rng, _ = rng_streams(config.seed, stage=2)
   train_step = make_stage_two_train_step(
-      config, image_shape, compute_dtype=COMPUTE_DTYPES[config.compute_dtype])
+      config, image_shape, compute_dtype=COMPUTE_DTYPES[config.compute_dtype],
+      stage_one=stage_one)
   iteration = make_train_iteration(train_step, config.batch_size, train_rng, mesh)
   # Initialised from host values: `stage1_params` only shapes the model.
   state = parallel.replicate(create_stage_two_state(
-      config, image_shape, parallel.to_host(stage1_params), init_rng), mesh)
+      config, image_shape, parallel.to_host(stage1_params), init_rng, stage_one), mesh)
   stage1_params = parallel.replicate(stage1_params, mesh)
   manager = _checkpoint_manager(workdir, config, STAGE_TWO_CHECKPOINTS)
   state = _resume(manager, state, workdir, "stage2", config.stage2.num_steps)
@@ -503,17 +530,35 @@ def train_stage_two(
       lambda state: iteration(state, (stage1_params,), dataset), manager, writer)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    stage_one: stage_one_lib.StageOne | None = None,
+    stage1_params: Any = None,
+) -> dict[str, Any]:
   """Trains stage one and stage two in `workdir` (resuming), then evaluates.
 
-  Stage one is trained here unless `config.stage1.checkpoint` names one to
-  load; stage two (`config.stage2.family`, unless "none") is then trained on
-  it, frozen. Training runs data-parallel over every device of every host
-  (`parallel`); with several processes, the first one writes the summaries
-  and runs the evaluation. Returns the evaluation metrics, also written to
+  Stage one is, in this order: `stage_one` with its `stage1_params` when
+  given (any disentangler, e.g. a user's own Flax networks; the run records
+  their digest and refuses to resume on others); the checkpoint
+  `config.stage1.checkpoint` names (a run of this library, or a PyTorch
+  checkpoint); otherwise it is trained here. Stage two
+  (`config.stage2.family`, unless "none") is then trained on it, frozen.
+  Training runs data-parallel over every device of every host (`parallel`);
+  with several processes, the first one writes the summaries and runs the
+  evaluation. Returns the evaluation metrics, also written to
   `workdir/metrics.json` (an empty dict in the other processes).
   """
   configuration.validate(config)
+  given = stage_one is not None
+  if given != (stage1_params is not None):
+    raise configuration.ConfigError(
+        "Pass both stage_one and stage1_params (or neither, to train stage one "
+        "or load config.stage1.checkpoint).")
+  if given and config.stage1.checkpoint:
+    raise configuration.ConfigError(
+        "Both a stage_one and config.stage1.checkpoint are given; leave "
+        "config.stage1.checkpoint empty when passing stage_one.")
   mesh = parallel.data_mesh()
   parallel.check_batch_size(config.batch_size, mesh.size, "config.batch_size")
   # Several processes sharing a work directory must train one config.
@@ -525,16 +570,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_data = parallel.replicate(data.get_dataset(config.data), mesh)
   dataset = parallel.local_replica(train_data)
   image_shape = dataset.observation_shape
-  if config.stage1.checkpoint:
-    # Checked before the run directory is created or bound.
+  # Checked before the run directory is created or bound.
+  if given:
+    if stage_one.image_shape != tuple(image_shape):
+      raise configuration.ConfigError(
+          f"Stage one takes {stage_one.image_shape} images but config.data "
+          f"({config.data.name}) has {tuple(image_shape)}.")
+    stage_one.check_params(stage1_params)
+    stage1_step = 0
+  elif config.stage1.checkpoint:
     stage1_params, stage1_step = load_stage_one(config, image_shape)
   main_process = parallel.is_main_process()
   if main_process:
     configuration.bind_workdir(config, workdir)
+    if given:
+      configuration.bind_stage_one(workdir, configuration.params_digest(stage1_params))
   parallel.sync_processes("msdr_jax: work directory bound")
   with writers.MetricWriter(workdir, enabled=main_process) as writer:
     start = time.time()
-    if config.stage1.checkpoint:
+    if given:
+      logging.info("Stage one given: %s images, %d latents, %s likelihood.",
+                   "x".join(map(str, stage_one.image_shape)), stage_one.latent_dim,
+                   stage_one.likelihood)
+    elif config.stage1.checkpoint:
       logging.info("Loaded stage one (step %d) from %s.", stage1_step,
                    config.stage1.checkpoint)
     else:
@@ -549,10 +607,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if main_process:
       results = evaluation.evaluate_stage_one(
           config, workdir, dataset, stage1_params, stage1_step,
-          rng_streams(config.seed)[2], writer)
+          rng_streams(config.seed)[2], writer, stage_one)
     if config.stage2.family != families.NO_STAGE_TWO:
       start = time.time()
-      state = train_stage_two(config, workdir, train_data, stage1_params, writer, mesh)
+      state = train_stage_two(config, workdir, train_data, stage1_params, writer, mesh,
+                              stage_one)
       logging.info("Stage two trained in %.1f s.", time.time() - start)
       stage2_params, stage2_step = parallel.to_host(state.params), int(state.step)
       del state
@@ -560,6 +619,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         results = evaluation.evaluate_multi_stage(
             config, workdir, dataset, {"stage1": stage1_params, "stage2": stage2_params},
             stage2_step, rng_streams(config.seed)[2],
-            rng_streams(config.seed, stage=2)[2], writer, results)
+            rng_streams(config.seed, stage=2)[2], writer, results, stage_one)
   parallel.sync_processes("msdr_jax: evaluation done")
   return results

@@ -14,6 +14,7 @@ import pytest
 from experiments import beta_sweep
 from experiments import figures
 from experiments import results
+from experiments import runs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _BUDGET = beta_sweep.BUDGETS["tiny"]
@@ -32,7 +33,7 @@ def study(tmp_path_factory):
   assert "Study: run 2/2 done (dsprites beta 4 seed 0 gmm" in process.stderr
   assert "| 4 | gmm | " in process.stdout  # The report, printed.
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(beta_sweep.train, "train_and_evaluate", lambda *args: pytest.fail(
+    patch.setattr(runs.train, "train_and_evaluate", lambda *args: pytest.fail(
         "a finished run was trained again"))
     rows = beta_sweep.run_study(str(workdir), *_STUDY, _BUDGET)
   return workdir, rows
@@ -84,9 +85,9 @@ def test_unfinished_family_run_is_redone(study):
   workdir, _ = study
   config = beta_sweep.study_config(str(workdir), "dsprites", _BUDGET, 4.0, 0, "gmm")
   run = workdir / "dsprites" / "beta4-seed0" / "gmm"
-  assert beta_sweep._finished_metrics(config, run) is not None
+  assert runs.finished_metrics(config, run) is not None
   config.stage2.num_steps += 1  # As if killed before the last step.
-  assert beta_sweep._finished_metrics(config, run) is None
+  assert runs.finished_metrics(config, run) is None
 
 
 def test_run_directory_of_another_config_is_refused(study):
@@ -94,7 +95,7 @@ def test_run_directory_of_another_config_is_refused(study):
   config = beta_sweep.study_config(str(workdir), "dsprites", _BUDGET, 4.0, 0, "gmm")
   config.stage1.model.latent_dim = 7
   with pytest.raises(beta_sweep.configuration.RunDirectoryError):
-    beta_sweep.run_or_load(config, workdir / "dsprites" / "beta4-seed0" / "gmm")
+    runs.run_or_load(config, workdir / "dsprites" / "beta4-seed0" / "gmm")
 
 
 def test_report_table_and_verdict(study):
@@ -155,12 +156,12 @@ def test_rerun_refuses_a_stage_two_it_could_only_corrupt(study):
   with pytest.raises(beta_sweep.configuration.RunDirectoryError,
                      match="trained on stage one at step 6, but the study's stage one "
                            "now has 8 steps"):
-    beta_sweep.run_or_load(config, run)
+    runs.run_or_load(config, run)
   config = beta_sweep.study_config(str(workdir), "dsprites", _BUDGET, 4.0, 0, "gmm")
   config.stage2.num_steps = 3  # ... or stage two would be cut short.
   with pytest.raises(beta_sweep.configuration.RunDirectoryError,
                      match="--stage2_steps=6"):
-    beta_sweep.run_or_load(config, run)
+    runs.run_or_load(config, run)
   assert json.loads((run / "metrics.json").read_text())["stage2_step"] == 6  # Untouched.
 
 

@@ -1,0 +1,340 @@
+r"""The paper's claim on paper-scale stage ones: pretrained PyTorch disentanglers.
+
+For every dSprites checkpoint in --checkpoints (folders holding a `model.pt`
+of the Burgess et al. architecture and its `specs.json`, as the public
+disentangling-vae code base writes them), this
+
+1. evaluates the imported stage one: the full disentanglement suite (MIG,
+   DCI, SAP, modularity and explicitness, BetaVAE and FactorVAE scores),
+   reconstruction BCE / MSE / PSNR / SSIM and the FID / KID of its samples;
+2. trains each stage-two family on it, frozen, and evaluates the combined
+   model: its reconstructions next to stage one's on the same images (both
+   from z = the encoder mean, so at the identical MIG), sample FID / KID
+   against the same real images, and conditioning fidelity;
+
+each run through `train.train_and_evaluate` exactly as `msdr_jax.main` runs
+it (`--config.stage1.checkpoint=<folder>`). It writes, into --workdir:
+
+  results.csv   one row per (checkpoint, model);
+  results.md    the table, the verdict per checkpoint (is the best
+                multi-stage MSE at least 2x lower, with conditioning fidelity
+                R^2 >= 0.9 over the latents carrying >= 0.5 nats?) and how
+                it was made;
+  reconstruction_vs_mig.png, sample_fid.png, conditioning_fidelity.png
+                (`figures.plot_pretrained`: the paper's figure and the two
+                per-family comparisons);
+  <checkpoint>-reconstructions.png, <checkpoint>-traversals.png.
+
+Runs live in `<workdir>/<checkpoint>/<stage1|family>` and are resumed as the
+beta sweep's are (`runs`): rerun the same command after an interruption.
+
+  python -m experiments.pretrained_study \
+      --checkpoints=path/to/disentangling-vae --workdir=runs/pretrained-cpu
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import sys
+import time
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+from etils import epath
+import jax
+import ml_collections
+import numpy as np
+
+from configs import dsprites as dsprites_config
+from experiments import results
+from experiments import runs
+from msdr_jax import configuration
+from msdr_jax import families
+from msdr_jax import pytorch_import
+from msdr_jax import writers
+
+# The study's verdict: the best family's MSE at least this much lower than
+# stage one's, with conditioning fidelity at least `TARGET_FIDELITY` on the
+# latents carrying at least `INFORMATIVE_NATS` of KL.
+TARGET_RATIO = results.TARGET_RATIO
+TARGET_FIDELITY = 0.9
+INFORMATIVE_NATS = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """Overrides of the `quick` preset for stage one's and stage two's runs."""
+
+  stage_one: dict[str, Any]
+  stage_two: dict[str, Any]
+  description: str
+
+
+_FULL_SUITE = "mig,dci,sap,modularity,beta_vae,factor_vae"
+BUDGETS = {
+    # Stage one: disentanglement_lib's full evaluation (the default eval
+    # config). Stage two: the quick preset's learning rate; see
+    # experiments/RESULTS.md for the time it takes on a 2-core CPU.
+    "cpu": Budget(
+        stage_one={},
+        stage_two={
+            "stage2.num_steps": 2_000,
+            "log_every_steps": 250,
+            "checkpoint_every_steps": 1_000,
+            "eval.num_points": 5_000,
+            "eval.sample_quality.num_samples": 5_000,
+        },
+        description="stage one evaluated with disentanglement_lib's full suite "
+                    "(10,000 points) and FID/KID on 10,000 samples; each family "
+                    "trained for 2,000 steps at batch 64 (lr 5e-4), then scored on "
+                    "5,000 images and 5,000 samples"),
+    "paper": Budget(stage_one={}, stage_two={"stage2.num_steps": 100_000},
+                    description="stage two at the paper's 100k steps, full evaluation"),
+    "tiny": Budget(
+        stage_one={"eval.disentanglement.metrics": "mig,sap"},
+        stage_two={},
+        description="a few steps, for tests"),
+}
+
+
+def dsprites_checkpoints(directory: str) -> list[str]:
+  """Names of the sub-folders of `directory` holding a dSprites checkpoint."""
+  names = []
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name)
+    specs = pytorch_import.read_specs(path)
+    if pytorch_import.is_pytorch_checkpoint(path) and specs.get("dataset") == "dsprites":
+      names.append(name)
+  return names
+
+
+def study_config(checkpoint: str, budget: Budget, family: str,
+                 preset: str) -> ml_collections.ConfigDict:
+  """The config of one run: `configs/dsprites.py` on the imported stage one."""
+  config = dsprites_config.get_config(f"preset={preset}")
+  config.stage1.model.architecture = pytorch_import.ARCHITECTURE
+  config.stage1.checkpoint = os.path.abspath(checkpoint)
+  config.stage2.family = family
+  if family == families.NO_STAGE_TWO:
+    config.update_from_flattened_dict(dict(budget.stage_one))
+  else:
+    config.update_from_flattened_dict(dict(budget.stage_two))
+    # The combined model's z is stage one's encoder mean, so its
+    # disentanglement is stage one's: scored once, in stage one's run.
+    config.eval.disentanglement.metrics = "none"
+  return config
+
+
+def informative_fidelity(metrics: dict) -> float | None:
+  """Conditioning fidelity R^2 averaged over the latents with >= 0.5 nats."""
+  kl = np.asarray(metrics["kl_per_latent"])
+  r2 = np.asarray(metrics["multi_stage/conditioning_fidelity_r2_per_latent"])
+  informative = kl >= INFORMATIVE_NATS
+  return float(r2[informative].mean()) if informative.any() else None
+
+
+def _rows(name: str, specs: dict, stage_one: dict, seconds: float | None,
+          family_runs: list[tuple[str, dict, float | None]]) -> list[dict]:
+  """Stage one's row, then one per family.
+
+  Stage one's reconstruction error and fidelity come from a family run's
+  evaluation, which scores both stages on the same images; its FID and
+  disentanglement from its own run (the full suite, more samples).
+  """
+  first = family_runs[0][1]
+  common = {"checkpoint": name, "loss": specs.get("loss", ""),
+            "mig": stage_one.get("mig"),
+            "dci_disentanglement": stage_one.get("dci/disentanglement"),
+            "sap": stage_one.get("sap"),
+            "factor_vae_accuracy": stage_one.get("factor_vae/eval_accuracy"),
+            "beta_vae_accuracy": stage_one.get("beta_vae/eval_accuracy"),
+            "informative_latents": int(np.sum(
+                np.asarray(stage_one["kl_per_latent"]) >= INFORMATIVE_NATS))}
+  stage_one_fidelity = {**first, "multi_stage/conditioning_fidelity_r2_per_latent":
+                        first["multi_stage/stage1_fidelity_r2_per_latent"]}
+  rows = [{**common, "model": results.STAGE_ONE,
+           "reconstruction_mse": first["multi_stage/stage1_reconstruction_mse"],
+           "reconstruction_bce": first["multi_stage/stage1_reconstruction_bce"],
+           "reconstruction_psnr": first["multi_stage/stage1_reconstruction_psnr"],
+           "reconstruction_ssim": first["multi_stage/stage1_reconstruction_ssim"],
+           "mse_ratio": 1.0,
+           "fidelity_r2_informative": informative_fidelity(stage_one_fidelity),
+           "fid": stage_one.get("sample_quality/fid"),
+           "kid": stage_one.get("sample_quality/kid"),
+           "seconds": seconds}]
+  for family, metrics, family_seconds in family_runs:
+    mse = metrics["multi_stage/reconstruction_mse"]
+    rows.append({**common, "model": family,
+                 "reconstruction_mse": mse,
+                 "reconstruction_bce": metrics["multi_stage/reconstruction_bce"],
+                 "reconstruction_psnr": metrics["multi_stage/reconstruction_psnr"],
+                 "reconstruction_ssim": metrics["multi_stage/reconstruction_ssim"],
+                 "mse_ratio": (math.inf if mse < runs.EXACT_MSE
+                               else metrics["multi_stage/mse_ratio"]),
+                 "fidelity_r2_informative": informative_fidelity(metrics),
+                 "fid": metrics.get("multi_stage/sample_quality/fid"),
+                 "kid": metrics.get("multi_stage/sample_quality/kid"),
+                 "seconds": family_seconds})
+  return rows
+
+
+def run_study(checkpoints_dir: str, workdir: str, names: Sequence[str],
+              family_names: Sequence[str], budget: Budget, preset: str) -> list[dict]:
+  """Evaluates each checkpoint, trains and evaluates each family on it."""
+  unknown = sorted(set(family_names) - set(families.FAMILIES))
+  if not family_names or unknown:
+    raise app.UsageError(
+        f"--families must name stage-two families from {sorted(families.FAMILIES)} "
+        f"(got {list(family_names)}).")
+  configs = {(name, family): study_config(
+      os.path.join(checkpoints_dir, name), budget, family, preset)
+      for name in names for family in (families.NO_STAGE_TWO, *family_names)}
+  for config in configs.values():  # Every mistake before hours of training.
+    configuration.validate(config)
+  progress = runs.StudyProgress(len(configs))
+  rows = []
+  for name in names:
+    root = epath.Path(workdir) / name
+    stage_one, seconds = runs.run_or_load(
+        configs[name, families.NO_STAGE_TWO], root / "stage1")
+    progress.finished(f"{name} stage one", seconds)
+    family_runs = []
+    for family in family_names:
+      metrics, family_seconds = runs.run_or_load(configs[name, family], root / family)
+      progress.finished(f"{name} {family}", family_seconds)
+      family_runs.append((family, metrics, family_seconds))
+    specs = pytorch_import.read_specs(os.path.join(checkpoints_dir, name))
+    rows.extend(_rows(name, specs, stage_one, seconds, family_runs))
+  return rows
+
+
+_COLUMNS = (
+    ("MIG", "mig", "{:.3f}"),
+    ("DCI-D", "dci_disentanglement", "{:.3f}"),
+    ("BCE", "reconstruction_bce", "{:.2f}"),
+    ("MSE", "reconstruction_mse", "{:.3f}"),
+    ("MSE ratio", "mse_ratio", "{:.2f}x"),
+    ("PSNR", "reconstruction_psnr", "{:.2f}"),
+    ("SSIM", "reconstruction_ssim", "{:.3f}"),
+    ("FID", "fid", "{:.2f}"),
+    ("fidelity R^2 (>= 0.5 nats)", "fidelity_r2_informative", "{:.3f}"),
+)
+
+
+def _cell(value, fmt: str) -> str:
+  if value is None:
+    return "n/a"
+  if isinstance(value, float) and math.isinf(value):
+    return "exact"
+  return fmt.format(value)
+
+
+def verdict(rows: list[dict], name: str) -> tuple[bool, str]:
+  """(met, sentence): is the best qualifying family >= 2x lower in MSE?"""
+  candidates = [row for row in rows if row["checkpoint"] == name
+                and row["model"] != results.STAGE_ONE and not math.isinf(row["mse_ratio"])]
+  faithful = [row for row in candidates
+              if (row["fidelity_r2_informative"] or 0.0) >= TARGET_FIDELITY]
+  if not faithful:
+    return False, (f"{name}: no family keeps fidelity R^2 >= {TARGET_FIDELITY:g} on the "
+                   "informative latents.")
+  best = max(faithful, key=lambda row: row["mse_ratio"])
+  met = best["mse_ratio"] >= TARGET_RATIO
+  outcome = "met" if met else f"missed by {TARGET_RATIO / best['mse_ratio']:.2f}x"
+  return met, (f"{name}: best faithful family {best['model']} at "
+               f"{best['mse_ratio']:.2f}x lower MSE (fidelity R^2 "
+               f"{best['fidelity_r2_informative']:.3f}): {outcome}.")
+
+
+def report(rows: list[dict], names: Sequence[str], budget_name: str, budget: Budget,
+           seconds: float, command: str) -> str:
+  """results.md: the table, the verdicts and how they were made."""
+  machine = (f"{platform.machine()} ({platform.processor() or 'cpu'}, "
+             f"{os.cpu_count()} cores; {jax.devices()[0].device_kind} x"
+             f"{jax.device_count()}), jax {jax.__version__}")
+  header = ["checkpoint", "model", *(column for column, _, _ in _COLUMNS)]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for row in rows:
+    lines.append("| " + " | ".join(
+        [row["checkpoint"], row["model"],
+         *(_cell(row[key], fmt) for _, key, fmt in _COLUMNS)]) + " |")
+  verdicts = [verdict(rows, name)[1] for name in names]
+  timed = sum(row["seconds"] is not None for row in rows)
+  return "\n".join([
+      f"`{command}`\n",
+      f"Budget `{budget_name}`: {budget.description}. {machine}. This invocation "
+      f"trained or evaluated {timed} of the {len(rows)} runs (the others were "
+      f"finished) in {writers.format_duration(seconds)}. MSE and BCE are per "
+      "image; stage one and each multi-stage model are scored on the same "
+      "images, both from z = stage one's encoder mean, so at the identical MIG. "
+      "Fidelity R^2: stage one's re-encoding of images generated from z with "
+      f"w ~ p(w), averaged over the latents with >= {INFORMATIVE_NATS:g} nats "
+      "(stage one's own row: its own reconstructions).\n",
+      "\n".join(lines) + "\n",
+      "\n".join(f"- {line}" for line in verdicts) + "\n",
+  ])
+
+
+_CHECKPOINTS = flags.DEFINE_string(
+    "checkpoints", None, "Folder of checkpoint folders (model.pt + specs.json).",
+    required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the study.", required=True)
+_NAMES = flags.DEFINE_list(
+    "models", None, "Checkpoint folders to use (default: every dSprites one).")
+_FAMILIES = flags.DEFINE_list("families", sorted(families.FAMILIES),
+                              "Stage-two families trained on each stage one.")
+_BUDGET = flags.DEFINE_enum("budget", "cpu", sorted(BUDGETS), "Scale of every run.")
+_STAGE2_STEPS = flags.DEFINE_integer(
+    "stage2_steps", None, "Stage-two steps (default: the budget's).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Imported here: matplotlib is only needed to draw (the `experiments` extra).
+  from experiments import figures  # pylint: disable=g-import-not-at-top
+
+  writers.hide_library_info_logs()
+  if not os.path.isdir(_CHECKPOINTS.value):
+    raise app.UsageError(f"--checkpoints={_CHECKPOINTS.value} is not a directory.")
+  names = _NAMES.value or dsprites_checkpoints(_CHECKPOINTS.value)
+  if not names:
+    raise app.UsageError(f"{_CHECKPOINTS.value} holds no dSprites checkpoint folder "
+                         "(model.pt with a specs.json whose dataset is dsprites).")
+  budget = BUDGETS[_BUDGET.value]
+  if _STAGE2_STEPS.value is not None:
+    budget = dataclasses.replace(budget, stage_two={
+        **budget.stage_two, "stage2.num_steps": _STAGE2_STEPS.value})
+  preset = "tiny" if _BUDGET.value == "tiny" else "quick"
+  root = epath.Path(_WORKDIR.value)
+  root.mkdir(parents=True, exist_ok=True)
+  # Every stage two compiles the same programs: a persistent cache does it once.
+  if not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", str(root / "compilation_cache"))
+  start = time.time()
+  try:
+    rows = run_study(_CHECKPOINTS.value, _WORKDIR.value, names, _FAMILIES.value,
+                     budget, preset)
+  except configuration.RunDirectoryError as e:
+    print(f"pretrained_study: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+  seconds = time.time() - start
+  results.write_csv(root / "results.csv", rows)
+  command = " ".join(["python -m experiments.pretrained_study", *sys.argv[1:]])
+  text = report(rows, names, _BUDGET.value, budget, seconds, command)
+  (root / "results.md").write_text(text)
+  figures.plot_pretrained(rows, root)
+  for name in names:
+    configs = {family: study_config(os.path.join(_CHECKPOINTS.value, name), budget,
+                                    family, preset)
+               for family in (families.NO_STAGE_TWO, *_FAMILIES.value)}
+    figures.model_figures(configs, root / name, root / name)
+  print(text, flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

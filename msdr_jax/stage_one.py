@@ -1,0 +1,141 @@
+"""Stage one as a plug-in: any disentangler with a pure encoder and decoder.
+
+Everything after stage one (the stage-two families, the combined model, the
+evaluation, the metric suite, the figures and the studies) needs only a
+`StageOne`: two pure functions of a parameter pytree and three facts.
+
+  encode(params, images [B, H, W, C] in [0, 1]) -> (mean, log_var), each [B, K]
+  decode(params, codes [B, K]) -> logits [B, H, W, C]  (mean image: sigmoid)
+  image_shape (H, W, C), latent_dim K, likelihood ('bernoulli' or 'gaussian')
+
+Three ways to get one:
+
+  # The library's own VAE (trained by msdr_jax.main or loaded from a run):
+  stage_one = StageOne.from_config(config, image_shape)
+  # A PyTorch checkpoint of the Burgess et al. architecture (pytorch_import):
+  stage_one, params = pytorch_import.load_stage_one("btcvae_dsprites/", config)
+  # A user's own Flax modules, params = {"encoder": ..., "decoder": ...}:
+  stage_one = StageOne.from_flax_modules(encoder, decoder, (64, 64, 1), 10)
+
+Stage one is frozen: its parameters are an ordinary argument of every
+function that uses them, never differentiated (`multi_stage.condition` stops
+their gradient).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from msdr_jax import losses
+from msdr_jax.models import vae
+
+Params = Any
+Encode = Callable[[Params, jax.Array], tuple[jax.Array, jax.Array]]
+Decode = Callable[[Params, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class StageOne:
+  """A frozen disentangler: pure `encode` / `decode` and what they work on.
+
+  Attributes:
+    encode: `(params, images) -> (mean, log_var)` of q(z | x); the mean is
+      the representation every metric scores and stage two conditions on.
+    decode: `(params, codes) -> logits` of p(x | z); for either likelihood
+      the mean image is `sigmoid(logits)` (`losses.decoder_mean`).
+    image_shape: (H, W, C) of the images it encodes and decodes.
+    latent_dim: K, the size of z.
+    likelihood: a key of `losses.LIKELIHOODS`, the likelihood its logits
+      parameterise (MS-VAE and MS-GAN reconstruct with it).
+  """
+
+  encode: Encode
+  decode: Decode
+  image_shape: tuple[int, int, int]
+  latent_dim: int
+  likelihood: str = "bernoulli"
+
+  def __post_init__(self):
+    if self.likelihood not in losses.LIKELIHOODS:
+      raise ValueError(
+          f"Stage one's likelihood {self.likelihood!r} is not one of "
+          f"{sorted(losses.LIKELIHOODS)}.")
+    object.__setattr__(self, "image_shape", tuple(int(n) for n in self.image_shape))
+
+  @classmethod
+  def from_vae(cls, model: vae.VAE, likelihood: str) -> StageOne:
+    """The library's VAE; its parameters are `model.init(...)["params"]`."""
+    return cls(
+        encode=lambda params, images: model.apply(
+            {"params": params}, images, method=vae.VAE.encode),
+        decode=lambda params, codes: model.apply(
+            {"params": params}, codes, method=vae.VAE.decode),
+        image_shape=tuple(model.image_shape),
+        latent_dim=model.latent_dim,
+        likelihood=likelihood,
+    )
+
+  @classmethod
+  def from_config(
+      cls,
+      config: ml_collections.ConfigDict,
+      image_shape: tuple[int, int, int],
+      compute_dtype: Any = jnp.float32,
+  ) -> StageOne:
+    """The VAE of `config.stage1.model`, computing in `compute_dtype`."""
+    model = vae.model_from_config(config.stage1.model, image_shape, compute_dtype)
+    return cls.from_vae(model, config.stage1.model.likelihood)
+
+  @classmethod
+  def from_flax_modules(
+      cls,
+      encoder: nn.Module,
+      decoder: nn.Module,
+      image_shape: tuple[int, int, int],
+      latent_dim: int,
+      likelihood: str = "bernoulli",
+  ) -> StageOne:
+    """A user's own networks: `encoder(images) -> (mean, log_var)` and
+    `decoder(codes) -> logits`, with parameters
+    `{"encoder": encoder.init(...)["params"], "decoder": decoder.init(...)["params"]}`.
+    """
+    return cls(
+        encode=lambda params, images: encoder.apply(
+            {"params": params["encoder"]}, images),
+        decode=lambda params, codes: decoder.apply(
+            {"params": params["decoder"]}, codes),
+        image_shape=image_shape,
+        latent_dim=latent_dim,
+        likelihood=likelihood,
+    )
+
+  def check_params(self, params: Params) -> None:
+    """Raises ValueError, naming both shapes, if `params` do not fit.
+
+    Traces `encode` and `decode` abstractly (no computation) on one image
+    and one code of this stage one's shapes.
+    """
+    images = jax.ShapeDtypeStruct((1, *self.image_shape), jnp.float32)
+    codes = jax.ShapeDtypeStruct((1, self.latent_dim), jnp.float32)
+    try:
+      mean, log_var = jax.eval_shape(self.encode, params, images)
+      logits = jax.eval_shape(self.decode, params, codes)
+    except (TypeError, ValueError, KeyError) as e:
+      raise ValueError(
+          f"The stage-one parameters do not fit its networks: "
+          f"{str(e).splitlines()[0]}") from e
+    expected = {"mean": (1, self.latent_dim), "log_var": (1, self.latent_dim),
+                "decoded images": (1, *self.image_shape)}
+    actual = {"mean": mean.shape, "log_var": log_var.shape,
+              "decoded images": logits.shape}
+    for name, shape in expected.items():
+      if tuple(actual[name]) != shape:
+        raise ValueError(
+            f"Stage one's {name} have shape {tuple(actual[name])}, but its "
+            f"image_shape and latent_dim say {shape}.")
