@@ -11,6 +11,10 @@ it, frozen. Run (the default preset is the paper-scale run):
   python -m msdr_jax.main --config=configs/dsprites.py:preset=quick \
       --config.stage1.checkpoint=runs/beta4 --config.stage2.family=flow \
       --workdir=runs/beta4-flow
+  # A pretrained PyTorch disentangler (Burgess et al. architecture) as stage one:
+  python -m msdr_jax.main --config=configs/dsprites.py:preset=quick \
+      --config.stage1.model.architecture=burgess \
+      --config.stage1.checkpoint=path/to/btcvae_dsprites
 
 Sources (`source=...`):
   procedural -- the default: the embedded pixel-exact renderer, no download.

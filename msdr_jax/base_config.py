@@ -84,8 +84,10 @@ def get_config(arg: str, data_name: str, default_source: str) -> ml_collections.
   config.stage1.optimizer.eps = 1e-8
 
   config.stage1.num_steps = 300_000
-  # A stage-one work directory (or its checkpoints/ directory) to load instead
-  # of training stage one; empty: train stage one in this run.
+  # A stage-one work directory (or its checkpoints/ directory), or a PyTorch
+  # checkpoint (a torch.save file, or a folder holding model.pt; see
+  # msdr_jax/pytorch_import.py), to load instead of training stage one;
+  # empty: train stage one in this run.
   config.stage1.checkpoint = ""
 
   config.stage2 = ml_collections.ConfigDict()

@@ -19,9 +19,7 @@ import os
 from typing import Any, Callable, Iterable, Mapping
 
 from etils import epath
-import jax
 import ml_collections
-import numpy as np
 
 
 class ConfigError(ValueError):
@@ -358,16 +356,6 @@ def bind_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 STAGE_ONE_FILENAME = "stage_one.json"
-
-
-def params_digest(params: Any) -> str:
-  """SHA-256 of a parameter pytree's structure, shapes, dtypes and values."""
-  digest = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    leaf = np.asarray(leaf)
-    digest.update(f"{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape};".encode())
-    digest.update(np.ascontiguousarray(leaf).tobytes())
-  return digest.hexdigest()
 
 
 def bind_stage_one(workdir: str, digest: str) -> None:

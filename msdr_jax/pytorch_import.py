@@ -76,8 +76,8 @@ def is_pytorch_checkpoint(path: str | os.PathLike) -> bool:
   return os.path.isfile(checkpoint_file(path))
 
 
-def _layer_map(params_template: Any) -> dict[str, tuple[str, str, str]]:
-  """PyTorch layer name -> (flax module, flax layer, kind)."""
+def _layer_map() -> dict[str, tuple[str, str, str]]:
+  """PyTorch layer name -> (flax module, flax layer, kind), in network order."""
   mapping = {}
   for i, name in enumerate(_ENCODER_CONVS):
     mapping[f"encoder.{name}"] = ("encoder", f"Stride2Conv_{i}", "conv")
@@ -87,7 +87,6 @@ def _layer_map(params_template: Any) -> dict[str, tuple[str, str, str]]:
     mapping[f"decoder.{name}"] = ("decoder", f"Dense_{i}", "dense")
   for i, name in enumerate(_DECODER_CONVS):
     mapping[f"decoder.{name}"] = ("decoder", f"Stride2ConvTranspose_{i}", "conv_transpose")
-  assert all(params_template[m][l] for m, l, _ in mapping.values())
   return mapping
 
 
@@ -140,7 +139,7 @@ def burgess_params(
   grid = (image_shape[0] // 16, image_shape[1] // 16)
   described = (f"images {'x'.join(map(str, image_shape))}, latent_dim {latent_dim}")
   params: dict[str, Any] = {"encoder": {}, "decoder": {}}
-  for torch_layer, (module, layer, kind) in _layer_map(template).items():
+  for torch_layer, (module, layer, kind) in _layer_map().items():
     expected = template[module][layer]
     arrays = {}
     for part, flax_part in (("weight", "kernel"), ("bias", "bias")):
@@ -176,7 +175,7 @@ def burgess_params(
     params[module][layer] = {"kernel": np.ascontiguousarray(kernel),
                              "bias": np.ascontiguousarray(bias)}
   unused = sorted(set(state_dict) - {
-      f"{layer}.{part}" for layer in _layer_map(template) for part in ("weight", "bias")})
+      f"{layer}.{part}" for layer in _layer_map() for part in ("weight", "bias")})
   if unused:
     raise IncompatibleCheckpointError(
         f"it has parameters the Burgess architecture does not ({', '.join(unused[:3])})")

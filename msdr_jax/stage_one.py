@@ -13,7 +13,7 @@ Three ways to get one:
   # The library's own VAE (trained by msdr_jax.main or loaded from a run):
   stage_one = StageOne.from_config(config, image_shape)
   # A PyTorch checkpoint of the Burgess et al. architecture (pytorch_import):
-  stage_one, params = pytorch_import.load_stage_one("btcvae_dsprites/", config)
+  stage_one, params = pytorch_import.load_stage_one("btcvae_dsprites/")
   # A user's own Flax modules, params = {"encoder": ..., "decoder": ...}:
   stage_one = StageOne.from_flax_modules(encoder, decoder, (64, 64, 1), 10)
 
@@ -25,12 +25,14 @@ their gradient).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from msdr_jax import losses
 from msdr_jax.models import vae
@@ -139,3 +141,17 @@ class StageOne:
         raise ValueError(
             f"Stage one's {name} have shape {tuple(actual[name])}, but its "
             f"image_shape and latent_dim say {shape}.")
+
+
+def params_digest(params: Params) -> str:
+  """SHA-256 of a parameter pytree: its paths, shapes, dtypes and values.
+
+  A run on a stage one given from Python records it, so that resuming the
+  run on other parameters can be refused.
+  """
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    leaf = np.asarray(leaf)
+    digest.update(f"{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape};".encode())
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()

@@ -223,8 +223,11 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   except (EOFError, struct.error):
     raise CheckpointError(
         f"Cannot read PyTorch checkpoint {path}: it is truncated.") from None
+  except OSError as e:
+    raise CheckpointError(
+        f"Cannot read PyTorch checkpoint {path}: {e.strerror or e}.") from None
   except (pickle.UnpicklingError, zipfile.BadZipFile, KeyError, ValueError,
-          TypeError, AttributeError, IndexError, OSError) as e:
+          TypeError, AttributeError, IndexError) as e:
     raise CheckpointError(
         f"Cannot read PyTorch checkpoint {path}: it is corrupt "
         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})."

@@ -584,7 +584,7 @@ def train_and_evaluate(
   if main_process:
     configuration.bind_workdir(config, workdir)
     if given:
-      configuration.bind_stage_one(workdir, configuration.params_digest(stage1_params))
+      configuration.bind_stage_one(workdir, stage_one_lib.params_digest(stage1_params))
   parallel.sync_processes("msdr_jax: work directory bound")
   with writers.MetricWriter(workdir, enabled=main_process) as writer:
     start = time.time()

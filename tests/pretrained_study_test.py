@@ -1,0 +1,102 @@
+"""The pretrained study end to end on the committed beta-TCVAE, at the tiny budget."""
+
+import csv
+import math
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from experiments import pretrained_study
+from experiments import results
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PRETRAINED = REPO / "tests" / "data" / "pytorch"
+
+
+def _study(*args):
+  return subprocess.run(
+      [sys.executable, "-m", "experiments.pretrained_study", "--budget=tiny", *args],
+      cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+  """A checkpoint folder as disentangling-vae lays it out, and one study run."""
+  checkpoints = tmp_path_factory.mktemp("checkpoints")
+  for name in ("btcvae_dsprites", "btcvae_celeba"):  # CelebA is not a dSprites model.
+    shutil.copytree(PRETRAINED / name, checkpoints / name)
+  workdir = tmp_path_factory.mktemp("study")
+  result = _study(f"--checkpoints={checkpoints}", f"--workdir={workdir}",
+                  "--families=gmm")
+  assert result.returncode == 0, result.stderr[-3000:]
+  return checkpoints, workdir, result
+
+
+def test_study_writes_table_csv_and_figures(study):
+  checkpoints, workdir, result = study
+  with open(workdir / "results.csv") as file:
+    rows = list(csv.DictReader(file))
+  assert [(row["checkpoint"], row["model"]) for row in rows] == [
+      ("btcvae_dsprites", results.STAGE_ONE), ("btcvae_dsprites", "gmm")]
+  assert all(row["loss"] == "btcvae" for row in rows)
+  # One stage one: every model shares its z, hence its MIG.
+  assert len({row["mig"] for row in rows}) == 1 and 0 <= float(rows[0]["mig"]) <= 1
+  assert rows[0]["informative_latents"] == "5"  # As its training log says.
+  assert float(rows[0]["mse_ratio"]) == 1.0
+  assert float(rows[1]["mse_ratio"]) == pytest.approx(
+      float(rows[0]["reconstruction_mse"]) / float(rows[1]["reconstruction_mse"]))
+  for row in rows:
+    assert math.isfinite(float(row["fid"])) and float(row["fidelity_r2_informative"]) <= 1
+  # Stage one recovers its own z from its reconstructions (six steps of a
+  # stage two need not).
+  assert float(rows[0]["fidelity_r2_informative"]) > 0.9
+  stage_one_metrics = (workdir / "btcvae_dsprites" / "stage1" / "metrics.json").read_text()
+  assert '"sap"' in stage_one_metrics and "sample_quality/fid" in stage_one_metrics
+  text = (workdir / "results.md").read_text()
+  assert text in result.stdout
+  assert "| btcvae_dsprites | gmm |" in text and "- btcvae_dsprites:" in text
+  for name in ("reconstruction_vs_mig", "sample_fid", "conditioning_fidelity",
+               "btcvae_dsprites-reconstructions", "btcvae_dsprites-traversals"):
+    assert (workdir / f"{name}.png").stat().st_size > 0, name
+
+
+def test_rerun_reuses_finished_runs(study):
+  checkpoints, workdir, _ = study
+  result = _study(f"--checkpoints={checkpoints}", f"--workdir={workdir}",
+                  "--families=gmm")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stderr.count("reusing its metrics.json") == 2
+  assert "trained or evaluated 0 of the 2 runs" in result.stdout
+
+
+def test_folder_without_dsprites_checkpoints_is_a_usage_error(tmp_path):
+  result = _study(f"--checkpoints={tmp_path}", f"--workdir={tmp_path / 'study'}")
+  assert result.returncode != 0
+  assert "holds no dSprites checkpoint folder" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def _row(model, ratio, fidelity):
+  return {"checkpoint": "m", "model": model, "mse_ratio": ratio,
+          "fidelity_r2_informative": fidelity}
+
+
+def test_verdict_takes_the_best_family_that_keeps_the_factors():
+  rows = [_row(results.STAGE_ONE, 1.0, 0.99), _row("gan", 3.0, 0.5),
+          _row("vae", 2.5, 0.95), _row("gmm", 1.2, 0.97), _row("flow", math.inf, 0.9)]
+  met, line = pretrained_study.verdict(rows, "m")
+  assert met and "vae at 2.50x" in line  # gan is faster but loses the factors.
+  rows[2]["mse_ratio"] = 1.6
+  met, line = pretrained_study.verdict(rows, "m")
+  assert not met and "missed by 1.25x" in line
+  met, line = pretrained_study.verdict([_row("vae", 3.0, 0.2)], "m")
+  assert not met and "no family keeps fidelity" in line
+
+
+def test_informative_fidelity_averages_latents_with_half_a_nat():
+  metrics = {"kl_per_latent": [0.01, 0.6, 2.0, 0.49],
+             "multi_stage/conditioning_fidelity_r2_per_latent": [-3.0, 0.8, 1.0, 0.1]}
+  assert pretrained_study.informative_fidelity(metrics) == pytest.approx(0.9)
