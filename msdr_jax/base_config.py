@@ -153,8 +153,8 @@ def get_config(arg: str, data_name: str, default_source: str) -> ml_collections.
     config.batch_size = 8
     config.log_every_steps = 2
     config.checkpoint_every_steps = 3
-    config.eval.num_points = 400
-    config.eval.batch_size = 200
+    config.eval.num_points = 200
+    config.eval.batch_size = 100
     config.eval.traversal_steps = 5
     metric_settings = config.eval.disentanglement
     # DCI's 100 boosting stages per factor dominate a smoke run's evaluation
@@ -166,4 +166,5 @@ def get_config(arg: str, data_name: str, default_source: str) -> ml_collections.
         batch_size=8, num_train=100, num_eval=50, num_variance_estimate=400)
     config.eval.sample_quality.num_samples = 200
     config.eval.sample_quality.kid_subset_size = 100
+    config.eval.sample_quality.kid_num_subsets = 10
   return config
