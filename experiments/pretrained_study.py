@@ -88,18 +88,19 @@ BUDGETS = {
             "eval.disentanglement.beta_vae.num_eval": 1_000,
             "eval.disentanglement.factor_vae.num_train": 2_000,
             "eval.disentanglement.factor_vae.num_eval": 1_000,
+            "eval.sample_quality.num_samples": 5_000,
         },
         stage_two={
             "log_every_steps": 100,
             "checkpoint_every_steps": 500,
-            "eval.num_points": 5_000,
+            "eval.num_points": 2_000,
             "eval.sample_quality.num_samples": 5_000,
         },
-        stage_two_steps={"vae": 800, "gmm": 300, "gan": 150, "flow": 150},
+        stage_two_steps={"vae": 600, "gmm": 200, "gan": 100, "flow": 100},
         description="stage one scored with the full suite on disentanglement_lib's "
                     "10,000 points (BetaVAE and FactorVAE scores on 2,000 + 1,000 "
-                    "votes) and FID/KID on 10,000 samples; stage two at batch 64, "
-                    "lr 5e-4, for {steps} steps, each scored on 5,000 images and "
+                    "votes) and FID/KID on 5,000 samples; stage two at batch 64, "
+                    "lr 5e-4, for {steps} steps, each scored on 2,000 images and "
                     "5,000 samples"),
     "paper": Budget(stage_one={}, stage_two={},
                     stage_two_steps=dict.fromkeys(families.FAMILIES, 100_000),
@@ -296,17 +297,23 @@ def report(rows: list[dict], names: Sequence[str], budget_name: str, budget: Bud
   ])
 
 
-_CHECKPOINTS = flags.DEFINE_string(
-    "checkpoints", None, "Folder of checkpoint folders (model.pt + specs.json).",
-    required=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the study.", required=True)
-_NAMES = flags.DEFINE_list(
-    "models", None, "Checkpoint folders to use (default: every dSprites one).")
-_FAMILIES = flags.DEFINE_list("families", sorted(families.FAMILIES),
-                              "Stage-two families trained on each stage one.")
-_BUDGET = flags.DEFINE_enum("budget", "cpu", sorted(BUDGETS), "Scale of every run.")
-_STAGE2_STEPS = flags.DEFINE_integer(
-    "stage2_steps", None, "Stage-two steps of every family (default: the budget's).")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command's flags; defined only when it runs, so that importing this
+  module next to the beta sweep (whose flags share names) works."""
+  flags.DEFINE_string("checkpoints", None,
+                      "Folder of checkpoint folders (model.pt + specs.json).",
+                      required=True)
+  flags.DEFINE_string("workdir", None, "Directory of the study.", required=True)
+  flags.DEFINE_list("models", None,
+                    "Checkpoint folders to use (default: every dSprites one).")
+  flags.DEFINE_list("families", sorted(families.FAMILIES),
+                    "Stage-two families trained on each stage one.")
+  flags.DEFINE_enum("budget", "cpu", sorted(BUDGETS), "Scale of every run.")
+  flags.DEFINE_integer("stage2_steps", None,
+                       "Stage-two steps of every family (default: the budget's).")
 
 
 def main(argv):
@@ -316,30 +323,30 @@ def main(argv):
   from experiments import figures  # pylint: disable=g-import-not-at-top
 
   writers.hide_library_info_logs()
-  if not os.path.isdir(_CHECKPOINTS.value):
-    raise app.UsageError(f"--checkpoints={_CHECKPOINTS.value} is not a directory.")
-  names = _NAMES.value or dsprites_checkpoints(_CHECKPOINTS.value)
+  if not os.path.isdir(FLAGS.checkpoints):
+    raise app.UsageError(f"--checkpoints={FLAGS.checkpoints} is not a directory.")
+  names = FLAGS.models or dsprites_checkpoints(FLAGS.checkpoints)
   if not names:
-    raise app.UsageError(f"{_CHECKPOINTS.value} holds no dSprites checkpoint folder "
+    raise app.UsageError(f"{FLAGS.checkpoints} holds no dSprites checkpoint folder "
                          "(model.pt with a specs.json whose dataset is dsprites).")
   missing = [name for name in names if not pytorch_import.is_pytorch_checkpoint(
-      os.path.join(_CHECKPOINTS.value, name))]
+      os.path.join(FLAGS.checkpoints, name))]
   if missing:
-    raise app.UsageError(f"--models: {', '.join(missing)} in {_CHECKPOINTS.value} "
+    raise app.UsageError(f"--models: {', '.join(missing)} in {FLAGS.checkpoints} "
                          f"hold no {pytorch_import.CHECKPOINT_FILENAME}.")
-  budget = BUDGETS[_BUDGET.value]
-  if _STAGE2_STEPS.value is not None:
+  budget = BUDGETS[FLAGS.budget]
+  if FLAGS.stage2_steps is not None:
     budget = dataclasses.replace(budget, stage_two_steps=dict.fromkeys(
-        families.FAMILIES, _STAGE2_STEPS.value))
-  preset = "tiny" if _BUDGET.value == "tiny" else "quick"
-  root = epath.Path(_WORKDIR.value)
+        families.FAMILIES, FLAGS.stage2_steps))
+  preset = "tiny" if FLAGS.budget == "tiny" else "quick"
+  root = epath.Path(FLAGS.workdir)
   root.mkdir(parents=True, exist_ok=True)
   # Every stage two compiles the same programs: a persistent cache does it once.
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", str(root / "compilation_cache"))
   start = time.time()
   try:
-    rows = run_study(_CHECKPOINTS.value, _WORKDIR.value, names, _FAMILIES.value,
+    rows = run_study(FLAGS.checkpoints, FLAGS.workdir, names, FLAGS.families,
                      budget, preset)
   except configuration.RunDirectoryError as e:
     print(f"pretrained_study: error: {e}", file=sys.stderr, flush=True)
@@ -347,16 +354,17 @@ def main(argv):
   seconds = time.time() - start
   results.write_csv(root / "results.csv", rows)
   command = " ".join(["python -m experiments.pretrained_study", *sys.argv[1:]])
-  text = report(rows, names, _BUDGET.value, budget, seconds, command)
+  text = report(rows, names, FLAGS.budget, budget, seconds, command)
   (root / "results.md").write_text(text)
   figures.plot_pretrained(rows, root)
   for name in names:
-    configs = {family: study_config(os.path.join(_CHECKPOINTS.value, name), budget,
+    configs = {family: study_config(os.path.join(FLAGS.checkpoints, name), budget,
                                     family, preset)
-               for family in (families.NO_STAGE_TWO, *_FAMILIES.value)}
+               for family in (families.NO_STAGE_TWO, *FLAGS.families)}
     figures.model_figures(configs, root / name, root / name)
   print(text, flush=True)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
