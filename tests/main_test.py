@@ -132,8 +132,8 @@ def test_default_workdir_is_printed_and_reused(tmp_path):
       (REPO / "configs" / "dsprites.py").read_text())
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
   args = [sys.executable, "-m", "msdr_jax.main", TINY, "--config.stage1.num_steps=2",
-          "--config.stage2.family=none",
-          "--config.eval.num_points=200"]
+          "--config.stage2.family=none", "--config.eval.disentanglement.metrics=none",
+          "--config.eval.sample_quality.num_samples=0"]
   first = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
   assert first.returncode == 0, first.stderr[-3000:]

@@ -11,6 +11,7 @@ import pytest
 
 from experiments import pretrained_study
 from experiments import results
+from experiments import runs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "tests" / "data" / "pytorch"
@@ -65,11 +66,17 @@ def test_study_writes_table_csv_and_figures(study):
 
 def test_rerun_reuses_finished_runs(study):
   checkpoints, workdir, _ = study
-  result = _study(f"--checkpoints={checkpoints}", f"--workdir={workdir}",
-                  "--families=gmm")
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stderr.count("reusing its metrics.json") == 2
-  assert "trained or evaluated 0 of the 2 runs" in result.stdout
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(runs.train, "train_and_evaluate", lambda *args: pytest.fail(
+        "a finished run was trained again"))
+    rows = pretrained_study.run_study(
+        str(checkpoints), str(workdir), ["btcvae_dsprites"], ["gmm"],
+        pretrained_study.BUDGETS["tiny"], "tiny")
+  assert [row["seconds"] for row in rows] == [None, None]
+  with open(workdir / "results.csv") as file:
+    written = list(csv.DictReader(file))
+  assert [float(row["reconstruction_mse"]) for row in written] == [
+      row["reconstruction_mse"] for row in rows]
 
 
 def test_folder_without_dsprites_checkpoints_is_a_usage_error(tmp_path):

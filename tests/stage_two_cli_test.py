@@ -8,7 +8,9 @@ import pytest
 
 from main_test import TINY, _run  # pylint: disable=g-bad-import-order
 
-FAMILIES = ("vae", "flow", "gan", "gmm")
+# MS-GMM trained on a loaded stage one runs end to end in the studies' tests
+# (beta_sweep_test, pretrained_study_test).
+FAMILIES = ("vae", "flow", "gan")
 
 
 @pytest.fixture(scope="module")
