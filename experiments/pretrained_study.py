@@ -143,10 +143,12 @@ def study_config(checkpoint: str, budget: Budget, family: str,
   return config
 
 
-def informative_fidelity(metrics: dict) -> float | None:
-  """Conditioning fidelity R^2 averaged over the latents with >= 0.5 nats."""
+def informative_fidelity(
+    metrics: dict, key: str = "multi_stage/conditioning_fidelity_r2_per_latent"
+) -> float | None:
+  """A per-latent fidelity R^2 (`key`) averaged over the latents with >= 0.5 nats."""
   kl = np.asarray(metrics["kl_per_latent"])
-  r2 = np.asarray(metrics["multi_stage/conditioning_fidelity_r2_per_latent"])
+  r2 = np.asarray(metrics[key])
   informative = kl >= INFORMATIVE_NATS
   return float(r2[informative].mean()) if informative.any() else None
 
@@ -168,15 +170,14 @@ def _rows(name: str, specs: dict, stage_one: dict, seconds: float | None,
             "beta_vae_accuracy": stage_one.get("beta_vae/eval_accuracy"),
             "informative_latents": int(np.sum(
                 np.asarray(stage_one["kl_per_latent"]) >= INFORMATIVE_NATS))}
-  stage_one_fidelity = {**first, "multi_stage/conditioning_fidelity_r2_per_latent":
-                        first["multi_stage/stage1_fidelity_r2_per_latent"]}
   rows = [{**common, "model": results.STAGE_ONE,
            "reconstruction_mse": first["multi_stage/stage1_reconstruction_mse"],
            "reconstruction_bce": first["multi_stage/stage1_reconstruction_bce"],
            "reconstruction_psnr": first["multi_stage/stage1_reconstruction_psnr"],
            "reconstruction_ssim": first["multi_stage/stage1_reconstruction_ssim"],
            "mse_ratio": 1.0,
-           "fidelity_r2_informative": informative_fidelity(stage_one_fidelity),
+           "fidelity_r2_informative": informative_fidelity(
+               first, "multi_stage/stage1_fidelity_r2_per_latent"),
            "fid": stage_one.get("sample_quality/fid"),
            "kid": stage_one.get("sample_quality/kid"),
            "stage2_step": 0,
