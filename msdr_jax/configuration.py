@@ -178,6 +178,7 @@ def _validate_evaluation(config) -> None:
         f"string of {list(suite.METRICS)}.")
   at_least = lambda low: (lambda v: v >= low, f">= {low}")
   for key, low in (("num_train", 2), ("num_test", 2), ("histogram_bins", 2),
+                   ("dci_boosting_stages", 1),
                    ("beta_vae.batch_size", 1), ("beta_vae.num_train", 2),
                    ("beta_vae.num_eval", 1), ("factor_vae.batch_size", 2),
                    ("factor_vae.num_train", 1), ("factor_vae.num_eval", 1),

@@ -31,6 +31,7 @@ def test_cli_quick_run_on_the_procedural_scenes(tmp_path):
   workdir = tmp_path / "shapes3d"
   code, stdout, stderr = _cli(
       "--config=configs/shapes3d.py:preset=tiny", f"--workdir={workdir}",
+      "--config.eval.disentanglement.metrics=mig,sap",
       "--config.eval.sample_quality.num_samples=0")
   assert code == 0, stderr[-3000:]
   assert f"results in {workdir}" in stdout

@@ -123,15 +123,19 @@ def test_dci_rotation_lowers_disentanglement_and_permutation_changes_nothing(fac
     assert permuted[key] == pytest.approx(value, abs=1e-6)
 
 
-def test_dci_scikit_learn_learner_agrees(factor_sets):
+@pytest.mark.parametrize("boosting_stages", [100, 3])
+def test_dci_scikit_learn_learner_agrees(factor_sets, boosting_stages):
   train, test = factor_sets
   rng = np.random.default_rng(4)
   codes = train + 0.7 * rng.normal(size=train.shape)
   test_codes = test + 0.7 * rng.normal(size=test.shape)
-  ours = dci.dci_scores(codes, train, test_codes, test, learner="gbt")
-  reference = dci.dci_scores(codes, train, test_codes, test, learner="sklearn")
+  ours = dci.dci_scores(codes, train, test_codes, test, "gbt", boosting_stages)
+  reference = dci.dci_scores(codes, train, test_codes, test, "sklearn", boosting_stages)
   for key, value in reference.items():
     assert ours[key] == pytest.approx(value, abs=0.01), key
+  if boosting_stages < 100:  # The stages are the ones asked for, not the default's.
+    default = dci.dci_scores(codes, train, test_codes, test, "sklearn")
+    assert default["dci/informativeness_train"] > reference["dci/informativeness_train"]
 
 
 def test_dci_degenerate_inputs_fail_clearly(factor_sets):

@@ -59,7 +59,6 @@ _DOT = re.compile(r"stablehlo\.dot_general .*-> tensor<[^>]*x(\w+)>$", re.M)
 def _config(family="none"):
   config = dsprites.get_config("preset=tiny")
   config.stage2.family = family
-  config.stage2.flow.num_couplings = 2
   return config
 
 

@@ -23,7 +23,6 @@ def _config(family="vae", conditioning="image_and_code"):
   config = dsprites.get_config("preset=tiny")
   config.stage2.family = family
   config.stage2.conditioning = conditioning
-  config.stage2.flow.num_couplings = 2
   config.stage2.optimizer.learning_rate = 1e-3
   return config
 

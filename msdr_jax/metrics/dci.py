@@ -37,8 +37,13 @@ def importance_matrix(
     test_codes: np.ndarray,
     test_factors: np.ndarray,
     learner: str = "gbt",
+    boosting_stages: int = 100,
 ) -> tuple[np.ndarray, float, float]:
-  """R [K, F] and the mean train and test accuracies of the classifiers."""
+  """R [K, F] and the mean train and test accuracies of the classifiers.
+
+  Each factor's classifier is boosted for `boosting_stages` stages
+  (scikit-learn's and disentanglement_lib's 100 by default).
+  """
   if learner not in LEARNERS:
     raise ValueError(f"Unknown DCI learner {learner!r}; choose one of {list(LEARNERS)}.")
   num_codes, num_factors = train_codes.shape[1], train_factors.shape[1]
@@ -46,11 +51,11 @@ def importance_matrix(
   train_accuracy, test_accuracy = [], []
   for j in range(num_factors):
     if learner == "gbt":
-      trees = gbt.fit(train_codes, train_factors[:, j])
+      trees = gbt.fit(train_codes, train_factors[:, j], num_stages=boosting_stages)
       importance[:, j] = trees.feature_importances
       predict = lambda codes, trees=trees: gbt.predict(trees, codes)
     else:
-      model = ensemble.GradientBoostingClassifier()
+      model = ensemble.GradientBoostingClassifier(n_estimators=boosting_stages)
       model.fit(train_codes, train_factors[:, j])
       importance[:, j] = np.abs(model.feature_importances_)
       predict = model.predict
@@ -85,6 +90,7 @@ def dci_scores(
     test_codes: np.ndarray,
     test_factors: np.ndarray,
     learner: str = "gbt",
+    boosting_stages: int = 100,
 ) -> dict[str, float]:
   """DCI of fixed codes; see the module docstring.
 
@@ -101,7 +107,7 @@ def dci_scores(
         f"{test_codes.shape[1]} test latents.")
   data.check_factors_vary(train_factors, "DCI")
   importance, train_accuracy, test_accuracy = importance_matrix(
-      train_codes, train_factors, test_codes, test_factors, learner)
+      train_codes, train_factors, test_codes, test_factors, learner, boosting_stages)
   return {
       **dci_from_importance(importance),
       "dci/informativeness_train": train_accuracy,
@@ -116,7 +122,9 @@ def compute_dci(
     num_train: int = 10_000,
     num_test: int = 5_000,
     learner: str = "gbt",
+    boosting_stages: int = 100,
 ) -> dict[str, float]:
   """DCI of `representation_fn` on points drawn from `dataset`."""
   return dci_scores(*data.sample_train_test(
-      representation_fn, dataset, seed, num_train, num_test), learner=learner)
+      representation_fn, dataset, seed, num_train, num_test), learner=learner,
+      boosting_stages=boosting_stages)

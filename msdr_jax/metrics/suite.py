@@ -45,6 +45,7 @@ def default_settings() -> ml_collections.ConfigDict:
   settings.num_test = 5_000  # DCI, SAP, explicitness.
   settings.histogram_bins = 20  # MIG and modularity.
   settings.dci_learner = "gbt"
+  settings.dci_boosting_stages = 100  # Per factor, as scikit-learn's default.
   settings.sap_continuous_factors = False
   settings.beta_vae = ml_collections.ConfigDict(
       {"batch_size": 64, "num_train": 10_000, "num_eval": 5_000})
@@ -217,7 +218,7 @@ def evaluate_codes(
       "mig": lambda: information.mutual_information_gap(
           train_codes, train_factors, settings.histogram_bins),
       "dci": lambda: dci.dci_scores(train_codes, train_factors, test_codes, test_factors,
-                             settings.dci_learner),
+                                    settings.dci_learner, settings.dci_boosting_stages),
       "sap": lambda: sap.sap_score(train_codes, train_factors, test_codes, test_factors,
                                    settings.sap_continuous_factors),
       "modularity": lambda: modularity.modularity_explicitness(
