@@ -98,8 +98,11 @@ def get_config(arg: str, data_name: str, default_source: str) -> ml_collections.
   config.stage2.num_steps = 100_000
   config.stage2.optimizer = config.stage1.optimizer.copy_and_resolve_references()
   config.stage2.vae = ml_collections.ConfigDict()
-  config.stage2.vae.latent_dim = 10
+  # w: a 16x16 map, one latent per 4x4 patch; 0 for a vector (`families/vae.py`).
+  config.stage2.vae.latent_resolution = 16
+  config.stage2.vae.latent_channels = 1
   config.stage2.vae.beta = 1.0
+  config.stage2.vae.kl_warmup_steps = 500
   config.stage2.flow = ml_collections.ConfigDict()
   config.stage2.flow.num_levels = 2  # dSprites pixels are binary.
   config.stage2.flow.num_couplings = 8

@@ -232,7 +232,12 @@ def _validate_stage_two(config, families, train) -> None:
   _check_number(config, "stage2.optimizer.eps", float, lambda v: v > 0, "> 0")
   non_negative = (lambda v: v >= 0, ">= 0")
   checks = {
-      "vae": [("latent_dim", int, at_least_one), ("beta", float, non_negative)],
+      "vae": [("latent_resolution", int,
+               (lambda v: v in _LATENT_MAP_RESOLUTIONS,
+                f"0 (a vector) or one of the U-Net's resolutions "
+                f"{list(_LATENT_MAP_RESOLUTIONS[1:])}")),
+              ("latent_channels", int, at_least_one), ("beta", float, non_negative),
+              ("kl_warmup_steps", int, non_negative)],
       "gan": [("latent_dim", int, at_least_one), ("kl_weight", float, non_negative),
               ("adversarial_weight", float, non_negative)],
       "gmm": [("num_components", int, (lambda v: v >= 2, ">= 2")),
@@ -245,6 +250,11 @@ def _validate_stage_two(config, families, train) -> None:
   }
   for key, kind, (condition, requirement) in checks[family]:
     _check_number(config, f"stage2.{family}.{key}", kind, condition, requirement)
+
+
+# MS-VAE's w: a vector (0) or a map at a level of the stage-two U-Net on
+# 64x64 images (`models/refiner.py`).
+_LATENT_MAP_RESOLUTIONS = (0, 4, 8, 16, 32)
 
 
 def _validate_data(config, data) -> None:

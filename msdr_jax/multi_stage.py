@@ -108,10 +108,13 @@ class MultiStageModel:
     return cls(stage1=stage_one,
                stage2=family_from_config(config, stage_one, compute_dtype))
 
-  def loss(self, stage2_params, stage1_params, images, rng):
-    """(loss, metrics) of stage two; stage one gets no gradient."""
+  def loss(self, stage2_params, stage1_params, images, rng, step=None):
+    """(loss, metrics) of stage two at training `step`; stage one gets no gradient.
+
+    `step=None` is the objective after any warm-up (`base.Family.loss`).
+    """
     cond = condition(self.stage1, stage1_params, images)
-    return self.stage2.loss(stage2_params, cond, images, rng)
+    return self.stage2.loss(stage2_params, cond, images, rng, step)
 
   def encode(self, params, images) -> tuple[jax.Array, jax.Array]:
     """(z, w): stage one's code and stage two's latents of `images`."""
@@ -165,7 +168,7 @@ def make_loss_fn(
     compute_dtype: Any = jnp.float32,
     stage_one: StageOne | None = None,
 ) -> Callable[..., tuple[jax.Array, base.Metrics]]:
-  """Returns `loss(stage2_params, stage1_params, images, rng) -> (loss, metrics)`.
+  """Returns `loss(stage2_params, stage1_params, images, rng, step=None)`.
 
   Stage one is `stage_one`, by default the VAE of `config.stage1`. With
   `compute_dtype=jnp.bfloat16` the networks compute in bfloat16; the loss and

@@ -200,7 +200,7 @@ def make_stage_two_train_step(
 
   def train_step(state: TrainState, stage1_params, batch: jax.Array, rng: jax.Array):
     grads, metrics = jax.grad(loss_fn, has_aux=True)(
-        state.params, stage1_params, batch, rng)
+        state.params, stage1_params, batch, rng, state.step)
     if axis_name is not None:
       grads = jax.lax.pmean(grads, axis_name)
       metrics = jax.lax.pmean(metrics, axis_name)

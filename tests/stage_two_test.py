@@ -129,7 +129,7 @@ def test_untrained_refiner_reproduces_stage_one(family):
   model = multi_stage.MultiStageModel.from_config(config, SHAPE)
   images = _images()
   cond = multi_stage.condition(model.stage1, stage1, images)
-  latents = jax.random.normal(jax.random.PRNGKey(5), (4, config.stage2[family].latent_dim))
+  latents = model.sample_latents(params, cond.code, jax.random.PRNGKey(5))
   np.testing.assert_allclose(model.decode(params, cond.code, latents), cond.image, atol=1e-6)
 
 
@@ -211,13 +211,21 @@ def test_vae_loss_is_the_negative_elbo():
   cond = multi_stage.condition(model.stage1, stage1, images)
   loss, metrics = family.loss(params, cond, images, rng)
   mean, log_var = family.encoder.apply({"params": params["encoder"]}, images, cond)
+  assert mean.shape == (len(images), 16, 16, 1)  # The default map of local latents.
   latents = mean + jnp.exp(0.5 * log_var) * jax.random.normal(rng, mean.shape)
   logits, _ = family.decoder.apply({"params": params["decoder"]}, cond, latents)
   expected_recon = losses.bernoulli_nll(logits, images)
-  expected_kl = 0.5 * jnp.sum(mean**2 + jnp.exp(log_var) - log_var - 1, -1)
+  expected_kl = 0.5 * jnp.sum(mean**2 + jnp.exp(log_var) - log_var - 1, (1, 2, 3))
   np.testing.assert_allclose(float(metrics["recon"]), float(expected_recon.mean()), rtol=1e-5)
   np.testing.assert_allclose(float(loss), float(jnp.mean(expected_recon + expected_kl)),
                              rtol=1e-5)
+  # The KL weight's warm-up: 1e-4 at step 0, 1e-2 half-way, 1 from its end on.
+  warmup = config.stage2.vae.kl_warmup_steps
+  for step, weight in ((0, 1e-4), (warmup // 2, 1e-2), (warmup, 1.0), (10 * warmup, 1.0)):
+    loss, metrics = family.loss(params, cond, images, rng, jnp.asarray(step))
+    np.testing.assert_allclose(float(metrics["kl_weight"]), weight, rtol=1e-5)
+    np.testing.assert_allclose(
+        float(loss), float(jnp.mean(expected_recon + weight * expected_kl)), rtol=1e-5)
 
 
 @pytest.mark.parametrize("conditioning", ["image", "code"])
@@ -242,6 +250,9 @@ def test_every_conditioning_keeps_a_path_from_z(family, conditioning):
         ("stage2.conditioning", "none", "without a conditioning path it would model"),
         ("stage2.family", "diffusion", "config.stage2.family='diffusion' is unknown"),
         ("stage2.vae.beta", -1.0, "config.stage2.vae.beta=-1.0 must be >= 0"),
+        ("stage2.vae.latent_resolution", 12,
+         r"latent_resolution=12 must be 0 \(a vector\) or one of the U-Net's resolutions "
+         r"\[4, 8, 16, 32\]"),
         ("stage2.gmm.num_components", 1, "must be >= 2"),
         ("stage2.num_steps", 0, "config.stage2.num_steps=0 must be >= 1"),
     ],

@@ -61,9 +61,14 @@ class Family(abc.ABC):
 
   @abc.abstractmethod
   def loss(
-      self, params: Params, cond: Conditioning, images: jax.Array, rng: jax.Array
+      self, params: Params, cond: Conditioning, images: jax.Array, rng: jax.Array,
+      step: jax.Array | None = None,
   ) -> tuple[jax.Array, Metrics]:
-    """(scalar loss, metrics); `jax.grad` of the loss is the training update."""
+    """(scalar loss, metrics); `jax.grad` of the loss is the training update.
+
+    `step` is the training step, for objectives with a warm-up (MS-VAE's KL
+    weight); None is the objective after its warm-up.
+    """
 
   @abc.abstractmethod
   def encode(self, params: Params, cond: Conditioning, images: jax.Array) -> jax.Array:

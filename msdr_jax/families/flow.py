@@ -121,7 +121,8 @@ class Flow(base.Family):
         rng, self.dequantize(images, 0.5), cond,
         method=flow_lib.ConditionalFlow.forward)["params"]
 
-  def loss(self, params, cond, images, rng):
+  def loss(self, params, cond, images, rng, step=None):
+    del step  # No warm-up.
     """Mean -log p(v | c) for v = (x (L - 1) + u) / L, u = uniform(rng, x.shape)."""
     noise = jax.random.uniform(rng, images.shape, images.dtype)
     nll = -self.log_prob(params, cond, self.dequantize(images, noise))

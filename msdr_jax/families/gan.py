@@ -95,7 +95,8 @@ class ConditionalGAN(base.Family):
   def _critic(self, discriminator_params, images, cond):
     return self.discriminator.apply({"params": discriminator_params}, images, cond)
 
-  def loss(self, params, cond, images, rng):
+  def loss(self, params, cond, images, rng, step=None):
+    del step  # No warm-up.
     posterior_rng, prior_rng = jax.random.split(rng)
     mean, log_var = self.encoder.apply({"params": params["encoder"]}, images, cond)
     posterior = vae_lib.sample_diagonal_gaussian(posterior_rng, mean, log_var)

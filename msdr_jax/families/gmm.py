@@ -116,7 +116,8 @@ class ConditionalGMM(base.Family):
                   - dims * (jnp.log(scales) + 0.5 * _LOG_2PI))
     return log_weights + log_normal
 
-  def loss(self, params, cond, images, rng):
+  def loss(self, params, cond, images, rng, step=None):
+    del step  # No warm-up.
     del rng  # The likelihood is exact.
     log_joint = self.log_joint(params, cond, images)
     nll = -jax.nn.logsumexp(log_joint, axis=-1)

@@ -7,6 +7,22 @@ trained with the negative ELBO  -E_q log p(x | c, w) + beta * KL(q ‖ p(w)).
 The KL is a plain one (beta = 1 by default, no total-correlation penalty):
 w is meant to hold the *correlated* detail, and independence from z comes
 from the graph, not from a penalty.
+
+w is a map of local latents, `latent_channels` at `latent_resolution` x
+`latent_resolution` (default 16 x 16 x 1): the detail stage one misses lies
+along its edges and in textures, at given places, and a latent per patch that
+the refiner reads at that place is a short path from what is missing to
+where it is missing. `latent_resolution=0` makes w one vector of
+`latent_channels` latents, joined with z at the refiner's bottleneck.
+
+The KL weight warms up geometrically, from `beta * KL_WARMUP_START` at step 0
+to `beta` at step `kl_warmup_steps`. The refiner starts as stage one (its
+correction layer is zero), so at first the reconstruction term does not
+depend on w at all and the KL term is the encoder's only gradient; Adam
+follows even a small gradient at full step size, and w collapses onto the
+prior before the refiner could learn to read it. A weight that starts near
+zero lets w carry information until the refiner uses it; afterwards the
+full KL prices it. `experiments/ms_vae_ablation.py` measures the choice.
 """
 
 from __future__ import annotations
@@ -22,16 +38,29 @@ from msdr_jax.families import base
 from msdr_jax.models import refiner
 from msdr_jax.models import vae as vae_lib
 
+# The KL weight at step 0, relative to `beta`.
+KL_WARMUP_START = 1e-4
+
+
+def kl_weight(beta: float, warmup_steps: int, step: jax.Array | None) -> jax.Array:
+  """beta * KL_WARMUP_START ** (1 - step / warmup_steps), and beta from then on."""
+  if step is None or warmup_steps == 0:
+    return jnp.asarray(beta, jnp.float32)
+  remaining = jnp.maximum(0.0, 1.0 - jnp.asarray(step, jnp.float32) / warmup_steps)
+  return beta * KL_WARMUP_START ** remaining
+
 
 @dataclasses.dataclass(frozen=True)
 class ConditionalVAE(base.Family):
-  """MS-VAE with `latent_dim` new latents and KL weight `beta`."""
+  """MS-VAE with a `latent_resolution`^2 x `latent_channels` map of new latents."""
 
   image_shape: tuple[int, int, int]
   conditioning: str
   likelihood: str
-  latent_dim: int
+  latent_resolution: int
+  latent_channels: int
   beta: float
+  kl_warmup_steps: int
   compute_dtype: Any = jnp.float32
 
   @classmethod
@@ -41,15 +70,25 @@ class ConditionalVAE(base.Family):
         image_shape=tuple(image_shape),
         conditioning=stage2_config.conditioning,
         likelihood=likelihood,
-        latent_dim=stage2_config.vae.latent_dim,
+        latent_resolution=stage2_config.vae.latent_resolution,
+        latent_channels=stage2_config.vae.latent_channels,
         beta=stage2_config.vae.beta,
+        kl_warmup_steps=stage2_config.vae.kl_warmup_steps,
         compute_dtype=compute_dtype,
     )
 
   @property
+  def latent_shape(self) -> tuple[int, ...]:
+    """The shape of one image's w: a map, or a vector if `latent_resolution` is 0."""
+    if not self.latent_resolution:
+      return (self.latent_channels,)
+    return (self.latent_resolution, self.latent_resolution, self.latent_channels)
+
+  @property
   def encoder(self) -> refiner.ConditionalEncoder:
     return refiner.ConditionalEncoder(
-        self.latent_dim, self.conditioning, dtype=self.compute_dtype)
+        self.latent_channels, self.conditioning,
+        latent_resolution=self.latent_resolution, dtype=self.compute_dtype)
 
   @property
   def decoder(self) -> refiner.Refiner:
@@ -58,7 +97,7 @@ class ConditionalVAE(base.Family):
 
   def init(self, rng, cond, images):
     encoder_rng, decoder_rng = jax.random.split(rng)
-    latents = jnp.zeros((images.shape[0], self.latent_dim), images.dtype)
+    latents = jnp.zeros((images.shape[0], *self.latent_shape), images.dtype)
     return {
         "encoder": self.encoder.init(encoder_rng, images, cond)["params"],
         "decoder": self.decoder.init(decoder_rng, cond, latents)["params"],
@@ -68,13 +107,15 @@ class ConditionalVAE(base.Family):
     logits, _ = self.decoder.apply({"params": params["decoder"]}, cond, latents)
     return logits
 
-  def loss(self, params, cond, images, rng):
+  def loss(self, params, cond, images, rng, step=None):
     mean, log_var = self.encoder.apply({"params": params["encoder"]}, images, cond)
     latents = vae_lib.sample_diagonal_gaussian(rng, mean, log_var)
     recon = losses.LIKELIHOODS[self.likelihood](self._logits(params, cond, latents), images)
-    kl = losses.kl_to_standard_normal(mean, log_var).sum(-1)
-    loss = jnp.mean(recon + self.beta * kl)
-    return loss, {"loss": loss, "recon": recon.mean(), "kl": kl.mean()}
+    kl = losses.kl_to_standard_normal(mean, log_var).reshape(images.shape[0], -1).sum(-1)
+    weight = kl_weight(self.beta, self.kl_warmup_steps, step)
+    loss = jnp.mean(recon + weight * kl)
+    return loss, {"loss": loss, "recon": recon.mean(), "kl": kl.mean(),
+                  "kl_weight": weight}
 
   def encode(self, params, cond, images):
     mean, _ = self.encoder.apply({"params": params["encoder"]}, images, cond)
@@ -85,4 +126,5 @@ class ConditionalVAE(base.Family):
 
   def sample_latents(self, params, cond, rng):
     del params  # The prior has no parameters.
-    return jax.random.normal(rng, (cond.code.shape[0], self.latent_dim), cond.code.dtype)
+    return jax.random.normal(
+        rng, (cond.code.shape[0], *self.latent_shape), cond.code.dtype)

@@ -36,11 +36,28 @@ _DENSE = 256
 _FULL_RESOLUTION_FEATURES = 8
 
 
+def latent_map_depth(image_size: int, latent_resolution: int) -> int:
+  """How many halvings take `image_size` to `latent_resolution` (a U-Net level)."""
+  for depth in range(1, len(_FEATURES) + 1):
+    if image_size // 2 ** depth == latent_resolution:
+      return depth
+  sizes = [image_size // 2 ** d for d in range(1, len(_FEATURES) + 1)]
+  raise ValueError(f"A latent map of {latent_resolution}x{latent_resolution} is not a "
+                   f"level of the {image_size}x{image_size} U-Net; choose one of {sizes}.")
+
+
 class ConditionalEncoder(nn.Module):
-  """(x, c) -> (mean, log_var) of a diagonal Gaussian over w, each [B, L]."""
+  """(x, c) -> (mean, log_var) of a diagonal Gaussian over w.
+
+  w is a vector [B, latent_dim] (`latent_resolution=0`), or a map
+  [B, r, r, latent_dim] of local latents at one of the U-Net's resolutions
+  r (`latent_resolution=r`): each holds the detail of its own patch, which
+  the refiner reads at the same place.
+  """
 
   latent_dim: int
   conditioning: str
+  latent_resolution: int = 0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -48,14 +65,23 @@ class ConditionalEncoder(nn.Module):
     h = images
     if base.uses_image(self.conditioning):
       h = jnp.concatenate([images, cond.image], axis=-1)
-    for features in _FEATURES:
-      h = nn.relu(layers.Stride2Conv(features, 4, dtype=self.dtype)(h))
-    h = h.reshape(h.shape[0], -1)
-    if base.uses_code(self.conditioning):
-      h = jnp.concatenate([h, cond.code], axis=-1)
-    h = nn.relu(nn.Dense(_DENSE, dtype=self.dtype)(h))
-    out = nn.Dense(2 * self.latent_dim, dtype=self.dtype)(h).astype(jnp.float32)
-    mean, log_var = jnp.split(out, 2, axis=-1)
+    if self.latent_resolution:
+      depth = latent_map_depth(images.shape[1], self.latent_resolution)
+      for features in _FEATURES[:depth]:
+        h = nn.relu(layers.Stride2Conv(features, 4, dtype=self.dtype)(h))
+      if base.uses_code(self.conditioning):
+        h = h + nn.Dense(h.shape[-1], dtype=self.dtype)(cond.code)[:, None, None, :]
+      h = nn.relu(nn.Conv(_FEATURES[depth - 1], (3, 3), dtype=self.dtype)(h))
+      out = nn.Conv(2 * self.latent_dim, (3, 3), dtype=self.dtype)(h)
+    else:
+      for features in _FEATURES:
+        h = nn.relu(layers.Stride2Conv(features, 4, dtype=self.dtype)(h))
+      h = h.reshape(h.shape[0], -1)
+      if base.uses_code(self.conditioning):
+        h = jnp.concatenate([h, cond.code], axis=-1)
+      h = nn.relu(nn.Dense(_DENSE, dtype=self.dtype)(h))
+      out = nn.Dense(2 * self.latent_dim, dtype=self.dtype)(h)
+    mean, log_var = jnp.split(out.astype(jnp.float32), 2, axis=-1)
     return mean, log_var
 
 
@@ -63,9 +89,10 @@ class Refiner(nn.Module):
   """U-Net (c, w) -> `output_channels` logit maps at the image resolution.
 
   `output_channels` is C for one image, M * C for the M mixture components
-  of MS-GMM. `w` may be None (MS-GMM has no continuous latents). Returns
-  (logits [B, H, W, output_channels], bottleneck features [B, F]), both
-  float32.
+  of MS-GMM. `w` may be None (MS-GMM has no continuous latents), a vector
+  [B, L] (joined with z at the bottleneck) or a map [B, r, r, L] (joined
+  to the up path where it has resolution r). Returns (logits
+  [B, H, W, output_channels], bottleneck features [B, F]), both float32.
   """
 
   conditioning: str
@@ -79,7 +106,8 @@ class Refiner(nn.Module):
   def __call__(self, cond: base.Conditioning, latents: jax.Array | None):
     batch, height, width, channels = cond.image.shape
     with_image = base.uses_image(self.conditioning)
-    codes = [latents] if latents is not None else []
+    latent_map = latents if latents is not None and latents.ndim == 4 else None
+    codes = [latents] if latents is not None and latent_map is None else []
     if base.uses_code(self.conditioning):
       codes.append(cond.code)
     grid = (height // 2 ** len(_FEATURES), width // 2 ** len(_FEATURES))
@@ -102,11 +130,18 @@ class Refiner(nn.Module):
       code_map = code.reshape(batch, *grid, _FEATURES[-1])
       h = jnp.concatenate([h, code_map], axis=-1) if with_image else code_map
 
+    def join_latent_map(h):
+      if latent_map is not None and latent_map.shape[1] == h.shape[1]:
+        return jnp.concatenate([h, latent_map.astype(h.dtype)], axis=-1)
+      return h
+
     # Up: 4 -> 8 -> 16 -> 32 -> 64, joining the encoder maps of each size.
+    h = join_latent_map(h)
     for features, skip in zip(_FEATURES[-2::-1], skips[-2::-1] or [None] * 3):
       h = nn.relu(layers.Stride2ConvTranspose(features, 4, dtype=self.dtype)(h))
       if skip is not None:
         h = jnp.concatenate([h, skip], axis=-1)
+      h = join_latent_map(h)
     h = nn.relu(layers.Stride2ConvTranspose(
         _FULL_RESOLUTION_FEATURES, 4, dtype=self.dtype)(h))
     if with_image:
