@@ -26,13 +26,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # Parameters are compared by their distance relative to how far training
 # moved them; each tolerance is about 10x the distance measured (float
 # rounding: the order of the all-reduce's additions). Adam's first steps turn
-# rounding in near-zero gradients into whole steps, hence stage one's larger
-# figure. Adam hardly sees a gradient's scale, so the scale-sensitive logged
+# rounding in near-zero gradients into whole steps, hence the larger figures
+# of stage one and of MS-VAE (whose encoder sees only the warm-up's tiny KL
+# gradient while its refiner's zero correction keeps w unused). Adam hardly sees a gradient's scale, so the scale-sensitive logged
 # loss and gradient norm are compared as well (a gradient summed instead of
 # averaged over 8 devices has 8 times the norm).
 _TOLERANCES = {
     "sharded_stage1": 3e-3,  # measured 3.4e-4
-    "sharded_stage2": 1e-4,  # measured 6.3e-6
+    "sharded_stage2": 3e-3,  # measured 3.2e-4
     "pmap": 2e-5,  # measured 1.1e-6 (stage one), 2.0e-6 (stage two)
     "jit_sharded": 3e-3,
 }
@@ -136,8 +137,10 @@ _EIGHT_DEVICES = textwrap.dedent("""
            run_mapped(mapped2, state2, (stage1[1],), mapper, "stage2"))
     metrics["stage1_expected_grad_norm"] = mean_gradient_norm(
         train.make_loss_fn(config.stage1, shape, dataset.num_images), state1.params, ())
+    # At the train state's step 0, as the mapped step computes it.
+    stage2_loss = multi_stage.make_loss_fn(config, shape)
     metrics["stage2_expected_grad_norm"] = mean_gradient_norm(
-        multi_stage.make_loss_fn(config, shape), state2.params, (stage1[1],))
+        lambda *args: stage2_loss(*args, step=0), state2.params, (stage1[1],))
     save("initial", state1.params)
     save("initial2", state2.params)
 
