@@ -59,6 +59,7 @@ _DOT = re.compile(r"stablehlo\.dot_general .*-> tensor<[^>]*x(\w+)>$", re.M)
 def _config(family="none"):
   config = dsprites.get_config("preset=tiny")
   config.stage2.family = family
+  config.stage2.vae.latent_resolution = 4  # A level of the small images' U-Net.
   return config
 
 
