@@ -25,8 +25,12 @@ it (`--config.stage1.checkpoint=<folder>`). It writes, into --workdir:
                 per-family comparisons);
   <checkpoint>-reconstructions.png, <checkpoint>-traversals.png.
 
-Runs live in `<workdir>/<checkpoint>/<stage1|family>` and are resumed as the
-beta sweep's are (`runs`): rerun the same command after an interruption.
+Runs live in `<workdir>/<checkpoint>/<stage1|model>` and are resumed as the
+beta sweep's are (`runs`): rerun the same command after an interruption, or
+with more families or variants to add them to the finished ones. A variant is
+a family with config overrides, a model of its own in the table:
+`--variant=vae:stage2.vae.beta=0.25` trains MS-VAE with beta_2 = 0.25 as
+`vae_beta=0.25`.
 
   python -m experiments.pretrained_study \
       --checkpoints=path/to/disentangling-vae --workdir=runs/pretrained-cpu
@@ -125,9 +129,49 @@ def dsprites_checkpoints(directory: str) -> list[str]:
   return names
 
 
-def study_config(checkpoint: str, budget: Budget, family: str,
-                 preset: str) -> ml_collections.ConfigDict:
-  """The config of one run: `configs/dsprites.py` on the imported stage one."""
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """A stage-two model of the study: a family, with config overrides or none."""
+
+  name: str  # Of its row and its run's folder.
+  family: str
+  overrides: tuple[tuple[str, Any], ...] = ()
+
+
+def parse_variant(text: str) -> Model:
+  """`family:key=value,key=value` (a --variant) as a `Model` named
+  `family_field=value_...`, each value typed as the config field it sets."""
+  family, sep, assignments = text.partition(":")
+  if not sep or family not in families.FAMILIES:
+    raise app.UsageError(
+        f"--variant={text!r}: expected family:key=value,... with a family from "
+        f"{sorted(families.FAMILIES)}, e.g. vae:stage2.vae.beta=0.25.")
+  defaults = dsprites_config.get_config("preset=quick")
+  overrides = []
+  for item in assignments.split(","):
+    key, sep, value = item.partition("=")
+    field = defaults
+    for part in key.split(".") if sep else ():
+      field = field.get(part) if isinstance(field, ml_collections.ConfigDict) else None
+    if not sep or field is None or isinstance(field, ml_collections.ConfigDict):
+      raise app.UsageError(f"--variant={text!r}: {item!r} does not set a config "
+                           "field; use e.g. stage2.vae.beta=0.25.")
+    try:
+      overrides.append((key, type(field)(value)))
+    except ValueError:
+      raise app.UsageError(f"--variant={text!r}: {key} takes a "
+                           f"{type(field).__name__}, not {value!r}.") from None
+  name = "_".join([family, *(f"{key.rsplit('.', 1)[-1]}={value}"
+                             for key, value in overrides)])
+  return Model(name, family, tuple(overrides))
+
+
+def study_config(checkpoint: str, budget: Budget, family: str, preset: str,
+                 overrides: Sequence[tuple[str, Any]] = ()) -> ml_collections.ConfigDict:
+  """The config of one run: `configs/dsprites.py` on the imported stage one.
+
+  `overrides` apply to a stage-two run, after the budget's.
+  """
   config = dsprites_config.get_config(f"preset={preset}")
   config.stage1.model.architecture = pytorch_import.ARCHITECTURE
   config.stage1.checkpoint = os.path.abspath(checkpoint)
@@ -140,6 +184,7 @@ def study_config(checkpoint: str, budget: Budget, family: str,
     # The combined model's z is stage one's encoder mean, so its
     # disentanglement is stage one's: scored once, in stage one's run.
     config.eval.disentanglement.metrics = "none"
+    config.update_from_flattened_dict(dict(overrides))
   return config
 
 
@@ -199,17 +244,35 @@ def _rows(name: str, specs: dict, stage_one: dict, seconds: float | None,
   return rows
 
 
-def run_study(checkpoints_dir: str, workdir: str, names: Sequence[str],
-              family_names: Sequence[str], budget: Budget, preset: str) -> list[dict]:
-  """Evaluates each checkpoint, trains and evaluates each family on it."""
+def study_models(family_names: Sequence[str], variants: Sequence[str]) -> list[Model]:
+  """The families (`--families`), then the variants (`--variant`)."""
   unknown = sorted(set(family_names) - set(families.FAMILIES))
-  if not family_names or unknown:
+  if not (family_names or variants) or unknown:
     raise app.UsageError(
         f"--families must name stage-two families from {sorted(families.FAMILIES)} "
         f"(got {list(family_names)}).")
-  configs = {(name, family): study_config(
-      os.path.join(checkpoints_dir, name), budget, family, preset)
-      for name in names for family in (families.NO_STAGE_TWO, *family_names)}
+  return [*(Model(family, family) for family in family_names),
+          *map(parse_variant, variants)]
+
+
+def study_configs(checkpoints_dir: str, names: Sequence[str], models: Sequence[Model],
+                  budget: Budget, preset: str) -> dict[tuple[str, str], Any]:
+  """Every run's config by (checkpoint, `families.NO_STAGE_TWO` or model name)."""
+  configs = {}
+  for name in names:
+    checkpoint = os.path.join(checkpoints_dir, name)
+    configs[name, families.NO_STAGE_TWO] = study_config(
+        checkpoint, budget, families.NO_STAGE_TWO, preset)
+    for model in models:
+      configs[name, model.name] = study_config(
+          checkpoint, budget, model.family, preset, model.overrides)
+  return configs
+
+
+def run_study(checkpoints_dir: str, workdir: str, names: Sequence[str],
+              models: Sequence[Model], budget: Budget, preset: str) -> list[dict]:
+  """Evaluates each checkpoint, trains and evaluates each model on it."""
+  configs = study_configs(checkpoints_dir, names, models, budget, preset)
   for config in configs.values():  # Every mistake before hours of training.
     configuration.validate(config)
   progress = runs.StudyProgress(len(configs))
@@ -220,10 +283,11 @@ def run_study(checkpoints_dir: str, workdir: str, names: Sequence[str],
         configs[name, families.NO_STAGE_TWO], root / "stage1")
     progress.finished(f"{name} stage one", seconds)
     family_runs = []
-    for family in family_names:
-      metrics, family_seconds = runs.run_or_load(configs[name, family], root / family)
-      progress.finished(f"{name} {family}", family_seconds)
-      family_runs.append((family, metrics, family_seconds))
+    for model in models:
+      metrics, model_seconds = runs.run_or_load(configs[name, model.name],
+                                                root / model.name)
+      progress.finished(f"{name} {model.name}", model_seconds)
+      family_runs.append((model.name, metrics, model_seconds))
     specs = pytorch_import.read_specs(os.path.join(checkpoints_dir, name))
     rows.extend(_rows(name, specs, stage_one, seconds, family_runs))
   return rows
@@ -317,6 +381,10 @@ def define_flags() -> None:
   flags.DEFINE_enum("budget", "cpu", sorted(BUDGETS), "Scale of every run.")
   flags.DEFINE_integer("stage2_steps", None,
                        "Stage-two steps of every family (default: the budget's).")
+  flags.DEFINE_multi_string(
+      "variant", [], "A family with config overrides, run as a model of its own "
+      "next to --families: family:key=value,... (e.g. vae:stage2.vae.beta=0.25; "
+      "repeat the flag for more).")
 
 
 def main(argv):
@@ -347,10 +415,10 @@ def main(argv):
   # Every stage two compiles the same programs: a persistent cache does it once.
   if not jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", str(root / "compilation_cache"))
+  models = study_models(FLAGS.families, FLAGS.variant)
   start = time.time()
   try:
-    rows = run_study(FLAGS.checkpoints, FLAGS.workdir, names, FLAGS.families,
-                     budget, preset)
+    rows = run_study(FLAGS.checkpoints, FLAGS.workdir, names, models, budget, preset)
   except configuration.RunDirectoryError as e:
     print(f"pretrained_study: error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
@@ -360,11 +428,11 @@ def main(argv):
   text = report(rows, names, FLAGS.budget, budget, seconds, command)
   (root / "results.md").write_text(text)
   figures.plot_pretrained(rows, root)
+  configs = study_configs(FLAGS.checkpoints, names, models, budget, preset)
   for name in names:
-    configs = {family: study_config(os.path.join(FLAGS.checkpoints, name), budget,
-                                    family, preset)
-               for family in (families.NO_STAGE_TWO, *FLAGS.families)}
-    figures.model_figures(configs, root / name, root / name)
+    figures.model_figures({model: config for (checkpoint, model), config
+                           in configs.items() if checkpoint == name},
+                          root / name, root / name)
   print(text, flush=True)
 
 

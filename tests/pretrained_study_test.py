@@ -31,7 +31,7 @@ def study(tmp_path_factory):
     shutil.copytree(PRETRAINED / name, checkpoints / name)
   workdir = tmp_path_factory.mktemp("study")
   result = _study(f"--checkpoints={checkpoints}", f"--workdir={workdir}",
-                  "--families=gmm")
+                  "--families=gmm", "--variant=gmm:stage2.gmm.num_components=2")
   assert result.returncode == 0, result.stderr[-3000:]
   return checkpoints, workdir, result
 
@@ -41,14 +41,20 @@ def test_study_writes_table_csv_and_figures(study):
   with open(workdir / "results.csv") as file:
     rows = list(csv.DictReader(file))
   assert [(row["checkpoint"], row["model"]) for row in rows] == [
-      ("btcvae_dsprites", results.STAGE_ONE), ("btcvae_dsprites", "gmm")]
+      ("btcvae_dsprites", results.STAGE_ONE), ("btcvae_dsprites", "gmm"),
+      ("btcvae_dsprites", "gmm_num_components=2")]
   assert all(row["loss"] == "btcvae" for row in rows)
   # One stage one: every model shares its z, hence its MIG.
   assert len({row["mig"] for row in rows}) == 1 and 0 <= float(rows[0]["mig"]) <= 1
   assert rows[0]["informative_latents"] == "5"  # As its training log says.
   assert float(rows[0]["mse_ratio"]) == 1.0
-  assert float(rows[1]["mse_ratio"]) == pytest.approx(
-      float(rows[0]["reconstruction_mse"]) / float(rows[1]["reconstruction_mse"]))
+  for row in rows[1:]:
+    assert float(row["mse_ratio"]) == pytest.approx(
+        float(rows[0]["reconstruction_mse"]) / float(row["reconstruction_mse"]))
+  # The variant is its own run, on the same stage one, with its override.
+  variant = workdir / "btcvae_dsprites" / "gmm_num_components=2"
+  assert '"num_components": 2' in (variant / "config.json").read_text()
+  assert rows[2]["reconstruction_mse"] != rows[1]["reconstruction_mse"]
   for row in rows:
     assert math.isfinite(float(row["fid"])) and float(row["fidelity_r2_informative"]) <= 1
   # Stage one recovers its own z from its reconstructions (six steps of a
@@ -70,9 +76,10 @@ def test_rerun_reuses_finished_runs(study):
     patch.setattr(runs.train, "train_and_evaluate", lambda *args: pytest.fail(
         "a finished run was trained again"))
     rows = pretrained_study.run_study(
-        str(checkpoints), str(workdir), ["btcvae_dsprites"], ["gmm"],
+        str(checkpoints), str(workdir), ["btcvae_dsprites"],
+        pretrained_study.study_models(["gmm"], ["gmm:stage2.gmm.num_components=2"]),
         pretrained_study.BUDGETS["tiny"], "tiny")
-  assert [row["seconds"] for row in rows] == [None, None]
+  assert [row["seconds"] for row in rows] == [None, None, None]
   with open(workdir / "results.csv") as file:
     written = list(csv.DictReader(file))
   assert [float(row["reconstruction_mse"]) for row in written] == [
@@ -84,6 +91,35 @@ def test_folder_without_dsprites_checkpoints_is_a_usage_error(tmp_path):
   assert result.returncode != 0
   assert "holds no dSprites checkpoint folder" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_variant_is_a_family_with_typed_overrides():
+  model = pretrained_study.parse_variant(
+      "vae:stage2.vae.beta=0.1,stage2.num_steps=300,stage2.vae.kl_warmup_steps=0")
+  assert model == pretrained_study.Model(
+      "vae_beta=0.1_num_steps=300_kl_warmup_steps=0", "vae",
+      (("stage2.vae.beta", 0.1), ("stage2.num_steps", 300),
+       ("stage2.vae.kl_warmup_steps", 0)))
+  config = pretrained_study.study_config(
+      str(PRETRAINED / "btcvae_dsprites"), pretrained_study.BUDGETS["cpu"],
+      model.family, "quick", model.overrides)
+  assert (config.stage2.vae.beta, config.stage2.num_steps) == (0.1, 300)
+  plain = pretrained_study.study_config(
+      str(PRETRAINED / "btcvae_dsprites"), pretrained_study.BUDGETS["cpu"], "vae", "quick")
+  assert (plain.stage2.vae.beta, plain.stage2.num_steps) == (1.0, 1_000)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("vae", "expected family:key=value"),
+    ("made_up:stage2.vae.beta=1", "expected family:key=value"),
+    ("vae:stage2.vae.betta=1", "'stage2.vae.betta=1' does not set a config field"),
+    ("vae:stage2.vae=1", "'stage2.vae=1' does not set a config field"),
+    ("vae:stage2.vae.beta", "'stage2.vae.beta' does not set a config field"),
+    ("vae:stage2.vae.beta=small", "stage2.vae.beta takes a float, not 'small'"),
+])
+def test_bad_variant_is_a_usage_error(text, message):
+  with pytest.raises(pretrained_study.app.UsageError, match=message):
+    pretrained_study.parse_variant(text)
 
 
 def _row(model, ratio, fidelity):
