@@ -270,24 +270,36 @@ def study_configs(checkpoints_dir: str, names: Sequence[str], models: Sequence[M
 
 
 def run_study(checkpoints_dir: str, workdir: str, names: Sequence[str],
-              models: Sequence[Model], budget: Budget, preset: str) -> list[dict]:
-  """Evaluates each checkpoint, trains and evaluates each model on it."""
+              models: Sequence[Model], budget: Budget, preset: str,
+              train: bool = True) -> list[dict]:
+  """Evaluates each checkpoint, trains and evaluates each model on it.
+
+  With `train=False` nothing runs: the rows are those of the finished runs
+  (a checkpoint whose stage one or models have none finished has no rows).
+  """
   configs = study_configs(checkpoints_dir, names, models, budget, preset)
   for config in configs.values():  # Every mistake before hours of training.
     configuration.validate(config)
   progress = runs.StudyProgress(len(configs))
+
+  def run(name: str, model: str, directory: epath.Path):
+    if train:
+      metrics, seconds = runs.run_or_load(configs[name, model], directory)
+      progress.finished(f"{name} {model}", seconds)
+      return metrics, seconds
+    return runs.finished_metrics(configs[name, model], directory), None
+
   rows = []
   for name in names:
     root = epath.Path(workdir) / name
-    stage_one, seconds = runs.run_or_load(
-        configs[name, families.NO_STAGE_TWO], root / "stage1")
-    progress.finished(f"{name} stage one", seconds)
+    stage_one, seconds = run(name, families.NO_STAGE_TWO, root / "stage1")
     family_runs = []
     for model in models:
-      metrics, model_seconds = runs.run_or_load(configs[name, model.name],
-                                                root / model.name)
-      progress.finished(f"{name} {model.name}", model_seconds)
-      family_runs.append((model.name, metrics, model_seconds))
+      metrics, model_seconds = run(name, model.name, root / model.name)
+      if metrics is not None:
+        family_runs.append((model.name, metrics, model_seconds))
+    if stage_one is None or not family_runs:
+      continue
     specs = pytorch_import.read_specs(os.path.join(checkpoints_dir, name))
     rows.extend(_rows(name, specs, stage_one, seconds, family_runs))
   return rows
@@ -381,6 +393,9 @@ def define_flags() -> None:
   flags.DEFINE_enum("budget", "cpu", sorted(BUDGETS), "Scale of every run.")
   flags.DEFINE_integer("stage2_steps", None,
                        "Stage-two steps of every family (default: the budget's).")
+  flags.DEFINE_bool("report_finished", False,
+                    "Train nothing: report the finished runs (say which runs "
+                    "are not), e.g. while the study runs in another process.")
   flags.DEFINE_multi_string(
       "variant", [], "A family with config overrides, run as a model of its own "
       "next to --families: family:key=value,... (e.g. vae:stage2.vae.beta=0.25; "
@@ -418,17 +433,29 @@ def main(argv):
   models = study_models(FLAGS.families, FLAGS.variant)
   start = time.time()
   try:
-    rows = run_study(FLAGS.checkpoints, FLAGS.workdir, names, models, budget, preset)
+    rows = run_study(FLAGS.checkpoints, FLAGS.workdir, names, models, budget, preset,
+                     train=not FLAGS.report_finished)
   except configuration.RunDirectoryError as e:
     print(f"pretrained_study: error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
   seconds = time.time() - start
+  reported = {(row["checkpoint"], row["model"]) for row in rows}
+  unfinished = [f"{name} {model}" for name in names
+                for model in (results.STAGE_ONE, *(model.name for model in models))
+                if (name, model) not in reported]
+  names = [name for name in names if (name, results.STAGE_ONE) in reported]
+  if not names:
+    raise app.UsageError(f"{FLAGS.workdir} holds no finished run of these models yet.")
+  configs = {(name, model): config for (name, model), config in study_configs(
+      FLAGS.checkpoints, names, models, budget, preset).items()
+             if model == families.NO_STAGE_TWO or (name, model) in reported}
   results.write_csv(root / "results.csv", rows)
   command = " ".join(["python -m experiments.pretrained_study", *sys.argv[1:]])
   text = report(rows, names, FLAGS.budget, budget, seconds, command)
+  if unfinished:
+    text += f"\nNot finished, so not in the table: {', '.join(unfinished)}.\n"
   (root / "results.md").write_text(text)
   figures.plot_pretrained(rows, root)
-  configs = study_configs(FLAGS.checkpoints, names, models, budget, preset)
   for name in names:
     figures.model_figures({model: config for (checkpoint, model), config
                            in configs.items() if checkpoint == name},

@@ -86,6 +86,21 @@ def test_rerun_reuses_finished_runs(study):
       row["reconstruction_mse"] for row in rows]
 
 
+def test_report_finished_trains_nothing_and_names_the_runs_left(study, tmp_path):
+  checkpoints, workdir, _ = study
+  copy = tmp_path / "study"
+  shutil.copytree(workdir, copy)
+  result = _study(f"--checkpoints={checkpoints}", f"--workdir={copy}", "--report_finished",
+                  "--families=gmm", "--variant=gmm:stage2.gmm.num_components=3")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert not (copy / "btcvae_dsprites" / "gmm_num_components=3").exists()
+  text = (copy / "results.md").read_text()
+  assert "| btcvae_dsprites | gmm |" in text
+  assert "Not finished, so not in the table: btcvae_dsprites gmm_num_components=3." in text
+  with open(copy / "results.csv") as file:
+    assert [row["model"] for row in csv.DictReader(file)] == [results.STAGE_ONE, "gmm"]
+
+
 def test_folder_without_dsprites_checkpoints_is_a_usage_error(tmp_path):
   result = _study(f"--checkpoints={tmp_path}", f"--workdir={tmp_path / 'study'}")
   assert result.returncode != 0
