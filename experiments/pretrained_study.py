@@ -285,7 +285,8 @@ def run_study(checkpoints_dir: str, workdir: str, names: Sequence[str],
   def run(name: str, model: str, directory: epath.Path):
     if train:
       metrics, seconds = runs.run_or_load(configs[name, model], directory)
-      progress.finished(f"{name} {model}", seconds)
+      progress.finished(f"{name} {results.STAGE_ONE if model == families.NO_STAGE_TWO else model}",
+                        seconds)
       return metrics, seconds
     return runs.finished_metrics(configs[name, model], directory), None
 

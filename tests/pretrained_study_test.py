@@ -33,6 +33,8 @@ def study(tmp_path_factory):
   result = _study(f"--checkpoints={checkpoints}", f"--workdir={workdir}",
                   "--families=gmm", "--variant=gmm:stage2.gmm.num_components=2")
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "Study: run 1/3 done (btcvae_dsprites stage one" in result.stderr
+  assert "Study: run 3/3 done (btcvae_dsprites gmm_num_components=2" in result.stderr
   return checkpoints, workdir, result
 
 
