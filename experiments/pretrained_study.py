@@ -282,21 +282,22 @@ def run_study(checkpoints_dir: str, workdir: str, names: Sequence[str],
     configuration.validate(config)
   progress = runs.StudyProgress(len(configs))
 
-  def run(name: str, model: str, directory: epath.Path):
-    if train:
-      metrics, seconds = runs.run_or_load(configs[name, model], directory)
-      progress.finished(f"{name} {results.STAGE_ONE if model == families.NO_STAGE_TWO else model}",
-                        seconds)
-      return metrics, seconds
-    return runs.finished_metrics(configs[name, model], directory), None
+  def run(config: ml_collections.ConfigDict, directory: epath.Path, label: str):
+    if not train:
+      return runs.finished_metrics(config, directory), None
+    metrics, seconds = runs.run_or_load(config, directory)
+    progress.finished(label, seconds)
+    return metrics, seconds
 
   rows = []
   for name in names:
     root = epath.Path(workdir) / name
-    stage_one, seconds = run(name, families.NO_STAGE_TWO, root / "stage1")
+    stage_one, seconds = run(configs[name, families.NO_STAGE_TWO], root / "stage1",
+                             f"{name} {results.STAGE_ONE}")
     family_runs = []
     for model in models:
-      metrics, model_seconds = run(name, model.name, root / model.name)
+      metrics, model_seconds = run(configs[name, model.name], root / model.name,
+                                   f"{name} {model.name}")
       if metrics is not None:
         family_runs.append((model.name, metrics, model_seconds))
     if stage_one is None or not family_runs:
