@@ -20,6 +20,7 @@ With a stage two:
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -194,7 +195,8 @@ def evaluate_stage_one(
       -eval_config.traversal_range, eval_config.traversal_range,
       eval_config.traversal_steps,
   )
-  decoded = np.asarray(traversals(stage_one, params, jnp.asarray(means[0]), values))
+  decoded = np.asarray(jax.jit(functools.partial(traversals, stage_one))(
+      params, jnp.asarray(means[0]), values))
   labels = [
       f"z{j} KL {kl:.2f}{'' if on else ' (off)'}"
       for j, (kl, on) in enumerate(zip(kl_per_latent, active))
@@ -420,7 +422,7 @@ def evaluate_multi_stage(
       -eval_config.traversal_range, eval_config.traversal_range,
       eval_config.traversal_steps,
   )
-  decoded = np.asarray(model.traverse(params, jnp.asarray(first["images"][0]), values))
+  decoded = np.asarray(jax.jit(model.traverse)(params, jnp.asarray(first["images"][0]), values))
   labels = [f"z{j}{'' if on else ' (off)'}" for j, on in enumerate(active)]
   traversal_grid = visualize.traversal_grid(decoded, labels)
   # Key `num_batches` is the first one the batches above did not use.
@@ -460,13 +462,17 @@ def _rounded(value: float | None) -> str:
 
 def _sample_grid(model, params, rng, num_columns: int) -> np.ndarray:
   """Rows: stage one's y of z ~ N(0, I), then three draws of w for each z."""
-  code_rng, *latent_rngs = jax.random.split(rng, 4)
-  codes = jax.random.normal(code_rng, (num_columns, model.stage1.latent_dim))
-  cond = multi_stage.condition_on_codes(model.stage1, params["stage1"], codes)
-  rows = [np.asarray(cond.image)]
-  for latent_rng in latent_rngs:
-    latents = model.sample_latents(params, codes, latent_rng)
-    rows.append(np.asarray(model.decode(params, codes, latents)))
-  grid = visualize.image_grid(np.concatenate(rows), num_columns)
+  @jax.jit  # One program: run eagerly, each operation would compile alone.
+  def sample_rows(params, rng):
+    code_rng, *latent_rngs = jax.random.split(rng, 4)
+    codes = jax.random.normal(code_rng, (num_columns, model.stage1.latent_dim))
+    rows = [multi_stage.condition_on_codes(model.stage1, params["stage1"], codes).image]
+    for latent_rng in latent_rngs:
+      latents = model.sample_latents(params, codes, latent_rng)
+      rows.append(model.decode(params, codes, latents))
+    return jnp.stack(rows)
+
+  rows = np.asarray(sample_rows(params, rng))
+  grid = visualize.image_grid(rows.reshape(-1, *rows.shape[2:]), num_columns)
   return visualize.label_rows(
       grid, ["stage 1", "w #1", "w #2", "w #3"], rows[0].shape[1] + 2)

@@ -124,8 +124,10 @@ def _put(leaf: Any, sharding: jax.sharding.NamedSharding) -> jax.Array:
   processes, whose devices this one cannot address, the global array is
   built from this process's host value (every process passes the same one).
   """
-  if (isinstance(leaf, jax.Array) and leaf.is_fully_addressable
-      and leaf.sharding.is_equivalent_to(sharding, leaf.ndim)):
+  # Equal, not merely equivalent: a jitted step is compiled for its inputs'
+  # sharding objects, so a one-device array of another kind would compile the
+  # step a second time once the step's own outputs come back.
+  if isinstance(leaf, jax.Array) and leaf.is_fully_addressable and leaf.sharding == sharding:
     return leaf
   if jax.process_count() == 1:
     return jax.device_put(leaf, sharding)

@@ -84,6 +84,29 @@ def rng_streams(seed: int, stage: int = 1) -> tuple[jax.Array, jax.Array, jax.Ar
   return init_rng, train_rng, eval_rng
 
 
+def _jit_run_once(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """`jax.jit(fn)` for a program that runs once, such as an initialisation.
+
+  Run eagerly, each of an initialisation's hundreds of small operations would
+  be compiled on its own. As one program, on XLA:CPU, LLVM's optimisation
+  passes would take longer than the program itself ever runs, so they are
+  left out there (see `benchmarks/startup.py`).
+  """
+  options = ({"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu"
+             else None)
+  jitted = jax.jit(fn, compiler_options=options)
+
+  @functools.wraps(fn)
+  def run(*args):
+    # Inside another transformation (e.g. `jax.eval_shape`) compiler options
+    # are not allowed, and the enclosing program compiles `fn` anyway.
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args)):
+      return fn(*args)
+    return jitted(*args)
+
+  return run
+
+
 def create_train_state(
     stage_config: ml_collections.ConfigDict,
     image_shape: tuple[int, int, int],
@@ -91,14 +114,19 @@ def create_train_state(
 ) -> TrainState:
   """Initialises the VAE parameters and the optimizer state."""
   model = vae.model_from_config(stage_config.model, image_shape)
-  init_rng, sample_rng = jax.random.split(rng)
-  dummy = jnp.zeros((1, *image_shape), jnp.float32)
-  params = model.init(init_rng, dummy, sample_rng)["params"]
-  return TrainState.create(
-      apply_fn=model.apply,
-      params=params,
-      tx=OPTIMIZERS[stage_config.optimizer.name](stage_config.optimizer),
-  )
+
+  @_jit_run_once
+  def create(rng):
+    init_rng, sample_rng = jax.random.split(rng)
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    params = model.init(init_rng, dummy, sample_rng)["params"]
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=params,
+        tx=OPTIMIZERS[stage_config.optimizer.name](stage_config.optimizer),
+    )
+
+  return create(rng)
 
 
 def make_loss_fn(
@@ -170,14 +198,19 @@ def create_stage_two_state(
   shape the conditioning the family is built for.
   """
   model = multi_stage.MultiStageModel.from_config(config, image_shape, stage_one=stage_one)
-  images = jnp.zeros((1, *image_shape), jnp.float32)
-  cond = multi_stage.condition(model.stage1, stage1_params, images)
-  params = model.stage2.init(rng, cond, images)
-  return TrainState.create(
-      apply_fn=None,
-      params=params,
-      tx=OPTIMIZERS[config.stage2.optimizer.name](config.stage2.optimizer),
-  )
+
+  @_jit_run_once
+  def create(stage1_params, rng):
+    images = jnp.zeros((1, *image_shape), jnp.float32)
+    cond = multi_stage.condition(model.stage1, stage1_params, images)
+    params = model.stage2.init(rng, cond, images)
+    return TrainState.create(
+        apply_fn=None,
+        params=params,
+        tx=OPTIMIZERS[config.stage2.optimizer.name](config.stage2.optimizer),
+    )
+
+  return create(stage1_params, rng)
 
 
 def make_stage_two_train_step(
