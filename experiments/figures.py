@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 from typing import Mapping
@@ -142,8 +143,9 @@ def model_figures(configs: Mapping[str, ml_collections.ConfigDict],
   stage_one = stage_one_lib.StageOne.from_config(stage_one_config, shape)
 
   images, _ = dataset.sample(jax.random.PRNGKey(_FIGURE_KEY), _NUM_SHOWN)
-  code = stage_one.encode(stage1_params, images)[0]
-  decode = lambda codes: losses.decoder_mean(stage_one.decode(stage1_params, codes))
+  # Each computation jitted: run eagerly, every operation would compile alone.
+  code = jax.jit(stage_one.encode)(stage1_params, images)[0]
+  decode = jax.jit(lambda codes: losses.decoder_mean(stage_one.decode(stage1_params, codes)))
   eval_config = stage_one_config.eval
   values = jnp.linspace(-eval_config.traversal_range, eval_config.traversal_range,
                         eval_config.traversal_steps)
@@ -154,8 +156,8 @@ def model_figures(configs: Mapping[str, ml_collections.ConfigDict],
     active = np.arange(code.shape[-1])
 
   reconstructions = {"input": images, "stage one": decode(code)}
-  traversals = {"stage one": evaluation.traversals(stage_one, stage1_params, code[0],
-                                                   values)[active]}
+  traversals = {"stage one": jax.jit(functools.partial(evaluation.traversals, stage_one))(
+      stage1_params, code[0], values)[active]}
   for name, config in configs.items():
     if name == families.NO_STAGE_TWO:
       continue
@@ -164,8 +166,8 @@ def model_figures(configs: Mapping[str, ml_collections.ConfigDict],
       raise FileNotFoundError(f"{run_root / name} holds no stage-two checkpoint.")
     model = multi_stage.MultiStageModel.from_config(config, shape)
     params = {"stage1": stage1_params, "stage2": loaded[0]}
-    reconstructions[f"MS-{name.upper()}"] = model.reconstruct(params, images)
-    traversals[f"MS-{name.upper()} (w fixed)"] = model.traverse(
+    reconstructions[f"MS-{name.upper()}"] = jax.jit(model.reconstruct)(params, images)
+    traversals[f"MS-{name.upper()} (w fixed)"] = jax.jit(model.traverse)(
         params, images[0], values)[active]
 
   paths = [epath.Path(f"{prefix}-reconstructions.png"),

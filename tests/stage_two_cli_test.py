@@ -8,9 +8,11 @@ import pytest
 
 from main_test import TINY, _run  # pylint: disable=g-bad-import-order
 
-# MS-GMM trained on a loaded stage one runs end to end in the studies' tests
-# (beta_sweep_test, pretrained_study_test).
-FAMILIES = ("vae", "flow", "gan")
+# Loading a stage one does not depend on the family. MS-VAE runs end to end in
+# main_test and evaluate_cli_test (the tiny preset's family), MS-GMM on a
+# loaded stage one in the studies' tests (beta_sweep_test,
+# pretrained_study_test), and MS-VAE on an imported one in pytorch_import_test.
+FAMILIES = ("flow", "gan")
 
 
 @pytest.fixture(scope="module")
