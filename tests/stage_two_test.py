@@ -34,6 +34,11 @@ def _stage_one(seed=0):
   return train.create_train_state(_config().stage1, SHAPE, jax.random.PRNGKey(seed)).params
 
 
+@functools.cache  # Built once per family, on `_stage_one()`.
+def _stage_two_state(family):
+  return train.create_stage_two_state(_config(family), SHAPE, _stage_one(), jax.random.PRNGKey(2))
+
+
 @functools.cache
 def _images(num=4, seed=1):
   images, _ = data.get_dataset(_config().data).sample(jax.random.PRNGKey(seed), num)
@@ -56,7 +61,7 @@ def test_stage_one_gets_no_gradient_and_stays_bit_identical(family):
   config = _config(family)
   stage1 = _stage_one()
   stage1_copy = jax.tree_util.tree_map(np.array, stage1)
-  state = train.create_stage_two_state(config, SHAPE, stage1, jax.random.PRNGKey(2))
+  state = _stage_two_state(config.stage2.family)
   model = multi_stage.MultiStageModel.from_config(config, SHAPE)
   images = _images()
 
@@ -78,7 +83,7 @@ def test_stage_one_gets_no_gradient_and_stays_bit_identical(family):
 def test_another_stage_one_changes_the_conditioning_without_recompiling():
   config = _config("vae")
   first, second = _stage_one(0), _stage_one(1)
-  state = train.create_stage_two_state(config, SHAPE, first, jax.random.PRNGKey(2))
+  state = _stage_two_state(config.stage2.family)
   step = jax.jit(train.make_stage_two_train_step(config, SHAPE))
   images, rng = _images(), jax.random.PRNGKey(3)
   _, with_first = step(state, first, images, rng)
@@ -95,7 +100,7 @@ def test_another_stage_one_changes_the_conditioning_without_recompiling():
 def test_combined_model_shapes(family):
   config = _config(family)
   stage1 = _stage_one()
-  state = train.create_stage_two_state(config, SHAPE, stage1, jax.random.PRNGKey(2))
+  state = _stage_two_state(config.stage2.family)
   params = {"stage1": stage1, "stage2": state.params}
   model = multi_stage.MultiStageModel.from_config(config, SHAPE)
   images = _images(3)
@@ -113,7 +118,7 @@ def test_combined_model_shapes(family):
 def test_code_is_stage_one_mean_and_batches_are_independent(family):
   config = _config(family)
   stage1 = _stage_one()
-  state = train.create_stage_two_state(config, SHAPE, stage1, jax.random.PRNGKey(2))
+  state = _stage_two_state(config.stage2.family)
   params = {"stage1": stage1, "stage2": _perturbed(state.params, 4)}
   model = multi_stage.MultiStageModel.from_config(config, SHAPE)
   images = _images(4)
@@ -131,7 +136,7 @@ def test_untrained_refiner_reproduces_stage_one(family):
   # The correction starts at zero: stage two can only add to stage one.
   config = _config(family)
   stage1 = _stage_one()
-  state = train.create_stage_two_state(config, SHAPE, stage1, jax.random.PRNGKey(2))
+  state = _stage_two_state(config.stage2.family)
   params = {"stage1": stage1, "stage2": state.params}
   model = multi_stage.MultiStageModel.from_config(config, SHAPE)
   images = _images()
@@ -143,7 +148,7 @@ def test_untrained_refiner_reproduces_stage_one(family):
 def test_traverse_varies_one_code_and_holds_w():
   config = _config("vae")
   stage1 = _stage_one()
-  state = train.create_stage_two_state(config, SHAPE, stage1, jax.random.PRNGKey(2))
+  state = _stage_two_state(config.stage2.family)
   params = {"stage1": stage1, "stage2": _perturbed(state.params, 4)}
   model = multi_stage.MultiStageModel.from_config(config, SHAPE)
   image = _images(1)[0]
