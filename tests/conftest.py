@@ -14,12 +14,23 @@ one test session).
 """
 
 import os
+import shutil
 import tempfile
 
-_CACHE_DIR = tempfile.mkdtemp(prefix="msdr_jax_test_compilation_cache_")
-# Set before any test module imports JAX; subprocesses inherit them.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE_DIR)
+# Set before any test module imports JAX; subprocesses, pytest-xdist's
+# workers among them, inherit them, so the whole session shares one cache,
+# which the process that made it removes at the end.
+_OWN_CACHE_DIR = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _OWN_CACHE_DIR = tempfile.mkdtemp(prefix="msdr_jax_test_compilation_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE_DIR
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ["XLA_FLAGS"] = " ".join(
     filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
+
+
+def pytest_unconfigure(config):
+  del config
+  if _OWN_CACHE_DIR:
+    shutil.rmtree(_OWN_CACHE_DIR, ignore_errors=True)
