@@ -109,17 +109,16 @@ def get_config(arg: str, data_name: str, default_source: str) -> ml_collections.
   config.stage2.flow.hidden_features = 32
   config.stage2.flow.logit_alpha = 0.05
   # w ~ N(0, T^2 I). At T = 1 the dequantisation noise the flow models turns
-  # into salt-and-pepper pixels and stage one no longer recognises z in the
-  # samples (conditioning fidelity R2 0.69 after the long preset); T = 0.5
-  # gives clean samples (R2 0.90). Reconstructions are exact at any T.
+  # into salt-and-pepper pixels that hide z from stage one; a lower T keeps
+  # the samples clean. Reconstructions are exact at any T. (Measurements:
+  # experiments/RESULTS.md, "Why the defaults are what they are".)
   config.stage2.flow.sample_temperature = 0.5
   config.stage2.gan = ml_collections.ConfigDict()
   config.stage2.gan.latent_dim = 10
   config.stage2.gan.kl_weight = 1.0
   # The adversarial term sums over 64 patches, the reconstruction over 4096
-  # pixels. At weight 1 the adversarial gradient swamps the reconstruction
-  # one: after the long preset the reconstruction MSE was 23.3 against stage
-  # one's 23.5; at 0.1 it was 15.6, at 0.01 it was 6.3 (fidelity R2 0.97).
+  # pixels, so at weight 1 the adversarial gradient swamps the reconstruction
+  # one (experiments/RESULTS.md, "Why the defaults are what they are").
   config.stage2.gan.adversarial_weight = 0.01
   config.stage2.gmm = ml_collections.ConfigDict()
   config.stage2.gmm.num_components = 10
@@ -141,8 +140,8 @@ def get_config(arg: str, data_name: str, default_source: str) -> ml_collections.
   if preset in ("long", "quick"):
     # Fewer, larger steps: disentanglement_lib's 1e-4 is tuned for 300k steps.
     # With only thousands of steps a stronger TC weight is needed for the
-    # latents to align with the factors in time: after 5k steps beta = 10
-    # gave MIG 0.17 where beta = 6 gave 0.03 (x and y still mixed).
+    # latents to align with the factors in time (experiments/RESULTS.md,
+    # "Why the defaults are what they are").
     config.stage1.optimizer.learning_rate = 5e-4
     config.stage1.objective.beta = 10.0
     config.stage1.num_steps = 25_000 if preset == "long" else 5_000

@@ -55,10 +55,9 @@ class ConditionalMixture(nn.Module):
     logits = jnp.moveaxis(logits, 3, 1)
     # Uniform weights at the start: which component explains an image is
     # then decided by the likelihood rather than by a random weight layer.
-    # The scales start at initial_scale, near where training takes them
-    # (from the old start of 0.74, Adam needed thousands of steps to get
-    # there: after 600 steps on the quick preset the NLL was 1724 nats
-    # instead of -2567; the reconstruction error was the same).
+    # The scales start at initial_scale, near where training takes them: from
+    # a start far above it Adam needs thousands of steps to get there
+    # (experiments/RESULTS.md, "Why the defaults are what they are").
     # Neither stops the mixture from collapsing onto one or two components
     # on dSprites (see `components_used`): the shared U-Net trunk learns
     # from the winning component and the others fall behind.
