@@ -29,6 +29,7 @@ import numpy as np
 
 from benchmarks import reference_metrics
 from configs import dsprites
+from msdr_jax import base_config
 from msdr_jax import data
 from msdr_jax import train
 from msdr_jax.metrics import suite
@@ -108,7 +109,7 @@ def main(argv):
   config = dsprites.get_config("preset=paper")
   dataset = data.get_dataset(config.data)
   description, representation_fn = _representation(config, dataset)
-  settings = suite.default_settings()
+  settings = base_config.metric_settings()
   settings.num_train = _NUM_TRAIN.value
   settings.num_test = _NUM_TEST.value
   for name in ("beta_vae", "factor_vae"):

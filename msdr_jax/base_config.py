@@ -2,15 +2,62 @@
 
 Each file in configs/ names its data set and calls `get_config` here (the
 package is importable wherever the library is installed, which a config file
-next to it is not), then adjusts what its data set needs.
+next to it is not), then adjusts what its data set needs. This module imports
+nothing of the library, so loading a config file does not import JAX.
 """
 
 import ml_collections
 
-from msdr_jax import evaluation
-
 PRESETS = ("paper", "long", "quick", "tiny")
 ARGUMENTS = ("preset", "source")
+
+# The disentanglement metrics, in the order the suite computes them; the first
+# four share their points.
+METRICS = ("mig", "dci", "sap", "modularity", "beta_vae", "factor_vae")
+
+
+def metric_settings() -> ml_collections.ConfigDict:
+  """disentanglement_lib's study defaults (its `unsupervised_study_v1` metric configs).
+
+  `config.eval.disentanglement`, and the default settings of
+  `msdr_jax.metrics.suite`.
+  """
+  settings = ml_collections.ConfigDict()
+  settings.metrics = ",".join(METRICS)
+  settings.num_train = 10_000  # MIG, DCI, SAP, modularity.
+  settings.num_test = 5_000  # DCI, SAP, explicitness.
+  settings.histogram_bins = 20  # MIG and modularity.
+  settings.dci_learner = "gbt"
+  settings.dci_boosting_stages = 100  # Per factor, as scikit-learn's default.
+  settings.sap_continuous_factors = False
+  settings.beta_vae = ml_collections.ConfigDict(
+      {"batch_size": 64, "num_train": 10_000, "num_eval": 5_000})
+  settings.factor_vae = ml_collections.ConfigDict({
+      "batch_size": 64, "num_train": 10_000, "num_eval": 5_000,
+      "num_variance_estimate": 10_000, "prune_threshold": 0.05})
+  return settings
+
+
+def eval_config() -> ml_collections.ConfigDict:
+  """`config.eval` at full scale, with disentanglement_lib's metric defaults."""
+  config = ml_collections.ConfigDict()
+  # Reconstruction statistics, KL, TC and active latents.
+  config.num_points = 10_000
+  config.batch_size = 1_000
+  config.traversal_steps = 10
+  config.traversal_range = 2.5  # Latents swept over +-range around 0.
+  config.active_variance_threshold = 0.01
+  config.disentanglement = metric_settings()
+  config.sample_quality = ml_collections.ConfigDict()
+  # Generated and real images for FID and KID; 0 skips them.
+  config.sample_quality.num_samples = 10_000
+  config.sample_quality.feature_extractor = "random_conv"
+  # A local .npz of pytorch-fid's Inception weights, for "inception_v3"
+  # (made by experiments/convert_inception_weights.py).
+  config.sample_quality.inception_weights = ""
+  config.sample_quality.kid_subset_size = 1_000
+  config.sample_quality.kid_num_subsets = 100
+  return config
 
 
 def parse_arg(arg: str) -> dict[str, str]:
@@ -135,7 +182,7 @@ def get_config(arg: str, data_name: str, default_source: str) -> ml_collections.
 
   # Reconstruction statistics, figures, the disentanglement suite with
   # disentanglement_lib's study defaults, and FID/KID of samples.
-  config.eval = evaluation.default_config()
+  config.eval = eval_config()
 
   if preset in ("long", "quick"):
     # Fewer, larger steps: disentanglement_lib's 1e-4 is tuned for 300k steps.

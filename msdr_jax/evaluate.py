@@ -10,7 +10,7 @@ run's own, or the one its `config.stage1.checkpoint` names) and, when the run
 trained one, the latest stage-two checkpoint, then computes what the main
 job's evaluation computes and rewrites `metrics.json` and the figures. The
 checkpoints are opened read-only. Evaluation settings absent from an older
-`config.json` take the defaults of `evaluation.default_config()`; the flags
+`config.json` take the defaults of `base_config.eval_config()`; the flags
 override the recorded ones.
 """
 
@@ -26,6 +26,7 @@ from etils import epath
 import jax
 import ml_collections
 
+from msdr_jax import base_config
 from msdr_jax import configuration
 from msdr_jax import data
 from msdr_jax import evaluation
@@ -59,7 +60,7 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   except (OSError, ValueError) as e:
     raise configuration.RunDirectoryError(
         f"Cannot read {path} ({type(e).__name__}: {e}).") from e
-  eval_config = evaluation.default_config()
+  eval_config = base_config.eval_config()
   eval_config.update_from_flattened_dict(
       {k: v for k, v in configuration.flatten(recorded.pop("eval", {})).items()
        if _has_key(eval_config, k)})

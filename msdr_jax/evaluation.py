@@ -47,28 +47,6 @@ _NUM_SHOWN = 16
 _SUITE_STREAM, _REAL_IMAGES_STREAM, _SAMPLES_STREAM = 2**20, 2**20 + 1, 2**20 + 2
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """`config.eval` at full scale, with disentanglement_lib's metric defaults."""
-  config = ml_collections.ConfigDict()
-  # Reconstruction statistics, KL, TC and active latents.
-  config.num_points = 10_000
-  config.batch_size = 1_000
-  config.traversal_steps = 10
-  config.traversal_range = 2.5  # Latents swept over +-range around 0.
-  config.active_variance_threshold = 0.01
-  config.disentanglement = suite.default_settings()
-  config.sample_quality = ml_collections.ConfigDict()
-  # Generated and real images for FID and KID; 0 skips them.
-  config.sample_quality.num_samples = 10_000
-  config.sample_quality.feature_extractor = "random_conv"
-  # A local .npz of pytorch-fid's Inception weights, for "inception_v3"
-  # (made by experiments/convert_inception_weights.py).
-  config.sample_quality.inception_weights = ""
-  config.sample_quality.kid_subset_size = 1_000
-  config.sample_quality.kid_num_subsets = 100
-  return config
-
-
 def _make_eval_batch(stage_one: stage_one_lib.StageOne, tc_estimator: str,
                      batch_size: int):
   """Jitted statistics of one freshly sampled batch."""

@@ -3,6 +3,8 @@
 import importlib
 import json
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -136,3 +138,22 @@ def test_a_stage_one_given_from_python_is_recorded_then_checked(tmp_path):
 def test_flatten_names_every_leaf_by_its_path():
   assert configuration.flatten({"a": {"b": 1, "c": {"d": [2]}}, "e": "x"}) == {
       "a.b": 1, "a.c.d": [2], "e": "x"}
+
+
+def test_config_files_load_without_importing_jax():
+  # In a fresh interpreter: this one has imported JAX already.
+  script = ("import sys\n"
+            "from configs import dsprites, shapes3d\n"
+            "dsprites.get_config('preset=tiny'); shapes3d.get_config('preset=quick')\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax')))")
+  process = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                           text=True, timeout=60, check=True)
+  assert process.stdout.strip() == "[]"
+
+
+def test_the_evaluation_defaults_are_disentanglement_libs():
+  config = dsprites.get_config("preset=paper")
+  assert config.eval.disentanglement.to_dict() == base_config.metric_settings().to_dict()
+  assert config.eval.disentanglement.metrics.split(",") == list(base_config.METRICS)
+  assert (config.eval.disentanglement.num_train, config.eval.disentanglement.num_test) == (
+      10_000, 5_000)

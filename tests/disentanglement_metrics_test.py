@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks import reference_metrics
+from msdr_jax import base_config
 from msdr_jax import metrics
 from msdr_jax.data import ground_truth
 from msdr_jax.metrics import beta_vae
@@ -185,7 +186,7 @@ def test_factor_vae_score_matches_the_reference_loop(dataset):
   rng = np.random.default_rng(5)
   mixing = rng.normal(size=(3, 4))
   representation = lambda images: jnp.tanh(identity(images) @ mixing)
-  settings = suite.default_settings()
+  settings = base_config.metric_settings()
   settings.metrics = "factor_vae,beta_vae"
   settings.factor_vae.update(batch_size=8, num_train=150, num_eval=100,
                              num_variance_estimate=300)
@@ -209,7 +210,7 @@ def test_factor_vae_score_matches_the_reference_loop(dataset):
 
 
 def _small_settings():
-  settings = suite.default_settings()
+  settings = base_config.metric_settings()
   settings.num_train, settings.num_test = 600, 300
   settings.beta_vae.update(batch_size=8, num_train=200, num_eval=100)
   settings.factor_vae.update(batch_size=8, num_train=200, num_eval=100,

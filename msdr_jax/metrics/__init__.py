@@ -25,6 +25,5 @@ from msdr_jax.metrics.modularity import compute_modularity_explicitness
 from msdr_jax.metrics.modularity import modularity_explicitness
 from msdr_jax.metrics.sap import compute_sap
 from msdr_jax.metrics.sap import sap_score
-from msdr_jax.metrics.suite import default_settings
 from msdr_jax.metrics.suite import evaluate
 from msdr_jax.metrics.suite import evaluate_codes

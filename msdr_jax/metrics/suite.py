@@ -2,7 +2,7 @@
 
 `evaluate(representation_fn, dataset, seed)` computes the metrics named in
 `settings.metrics` with disentanglement_lib's study defaults
-(`default_settings()`) and returns one flat dict of named floats, the form
+(`msdr_jax.base_config.metric_settings()`) and returns one flat dict of named floats, the form
 `metrics.json` stores.
 
 MIG, DCI, SAP and modularity/explicitness are all defined on `num_train`
@@ -23,6 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from msdr_jax import base_config
 from msdr_jax.data import ground_truth
 from msdr_jax.metrics import beta_vae
 from msdr_jax.metrics import data
@@ -32,27 +33,8 @@ from msdr_jax.metrics import information
 from msdr_jax.metrics import modularity
 from msdr_jax.metrics import sap
 
-# In the order they are computed; the first four share their points.
-METRICS = ("mig", "dci", "sap", "modularity", "beta_vae", "factor_vae")
+METRICS = base_config.METRICS
 _ON_SHARED_POINTS = ("mig", "dci", "sap", "modularity")
-
-
-def default_settings() -> ml_collections.ConfigDict:
-  """disentanglement_lib's study defaults (its `unsupervised_study_v1` metric configs)."""
-  settings = ml_collections.ConfigDict()
-  settings.metrics = ",".join(METRICS)
-  settings.num_train = 10_000  # MIG, DCI, SAP, modularity.
-  settings.num_test = 5_000  # DCI, SAP, explicitness.
-  settings.histogram_bins = 20  # MIG and modularity.
-  settings.dci_learner = "gbt"
-  settings.dci_boosting_stages = 100  # Per factor, as scikit-learn's default.
-  settings.sap_continuous_factors = False
-  settings.beta_vae = ml_collections.ConfigDict(
-      {"batch_size": 64, "num_train": 10_000, "num_eval": 5_000})
-  settings.factor_vae = ml_collections.ConfigDict({
-      "batch_size": 64, "num_train": 10_000, "num_eval": 5_000,
-      "num_variance_estimate": 10_000, "prune_threshold": 0.05})
-  return settings
 
 
 def parse_metrics(names: str | Iterable[str]) -> tuple[str, ...]:
@@ -85,7 +67,7 @@ def draw(
     settings: ml_collections.ConfigDict | None = None,
 ) -> Draws:
   """Draws every factor array the selected metrics need (cheap: no images)."""
-  settings = settings or default_settings()
+  settings = settings or base_config.metric_settings()
   names = parse_metrics(settings.metrics)
   data.check_dataset(dataset, "The disentanglement metrics")
   shared_rng, beta_rng, factor_rng = jax.random.split(data.as_key(seed), 3)
@@ -129,7 +111,7 @@ def evaluate(
       [B, K] (for a VAE, the encoder mean).
     dataset: the ground-truth data set to draw images from.
     seed: an integer seed or a PRNG key; the same seed gives the same scores.
-    settings: `default_settings()` (the default) or a variant of it.
+    settings: `base_config.metric_settings()` (the default) or a variant of it.
 
   Returns:
     A flat dict: "mig", "mig/<factor>", "dci/disentanglement", ...,
@@ -137,7 +119,7 @@ def evaluate(
     "beta_vae/{train,eval}_accuracy", "factor_vae/{train,eval}_accuracy",
     "factor_vae/num_active_latents".
   """
-  settings = settings or default_settings()
+  settings = settings or base_config.metric_settings()
   return evaluate_draws(representation_fn, dataset, draw(dataset, seed, settings),
                         settings, data.int_seed(seed))
 
@@ -156,7 +138,7 @@ def evaluate_draws(
   scoring each metric.
   """
   timings = {} if timings is None else timings
-  settings = settings or default_settings()
+  settings = settings or base_config.metric_settings()
   names = parse_metrics(settings.metrics)
   if not names:
     return {}
@@ -212,7 +194,7 @@ def evaluate_codes(
 
   `timings`, if given, receives the seconds spent on each metric.
   """
-  settings = settings or default_settings()
+  settings = settings or base_config.metric_settings()
   timings = {} if timings is None else timings
   scorers = {
       "mig": lambda: information.mutual_information_gap(
