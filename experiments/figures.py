@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import statistics
 from typing import Mapping
@@ -156,8 +155,8 @@ def model_figures(configs: Mapping[str, ml_collections.ConfigDict],
     active = np.arange(code.shape[-1])
 
   reconstructions = {"input": images, "stage one": decode(code)}
-  traversals = {"stage one": jax.jit(functools.partial(evaluation.traversals, stage_one))(
-      stage1_params, code[0], values)[active]}
+  traversals = {"stage one": evaluation.traversals(stage_one, stage1_params, code[0],
+                                                   values)[active]}
   for name, config in configs.items():
     if name == families.NO_STAGE_TWO:
       continue

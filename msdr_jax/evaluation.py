@@ -77,6 +77,9 @@ def _make_eval_batch(stage_one: stage_one_lib.StageOne, tc_estimator: str,
   return eval_batch
 
 
+# One program: run eagerly, each operation would compile on its own. Stage one
+# is a frozen dataclass of functions, hence a static (hashable) argument.
+@functools.partial(jax.jit, static_argnums=0)
 def traversals(
     stage_one: stage_one_lib.StageOne, params, code: jax.Array, values: jax.Array
 ) -> jax.Array:
@@ -173,8 +176,7 @@ def evaluate_stage_one(
       -eval_config.traversal_range, eval_config.traversal_range,
       eval_config.traversal_steps,
   )
-  decoded = np.asarray(jax.jit(functools.partial(traversals, stage_one))(
-      params, jnp.asarray(means[0]), values))
+  decoded = np.asarray(traversals(stage_one, params, jnp.asarray(means[0]), values))
   labels = [
       f"z{j} KL {kl:.2f}{'' if on else ' (off)'}"
       for j, (kl, on) in enumerate(zip(kl_per_latent, active))
