@@ -16,7 +16,6 @@ override the recorded ones.
 
 from __future__ import annotations
 
-import json
 import sys
 
 from absl import app
@@ -26,12 +25,15 @@ from etils import epath
 import jax
 import ml_collections
 
-from msdr_jax import base_config
+from msdr_jax import checkpoints
 from msdr_jax import configuration
 from msdr_jax import data
 from msdr_jax import evaluation
 from msdr_jax import families
-from msdr_jax import train
+from msdr_jax import multi_stage
+from msdr_jax import run_directory
+from msdr_jax import stage_one as stage_one_lib
+from msdr_jax import steps
 from msdr_jax import writers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run directory to evaluate.")
@@ -48,67 +50,40 @@ _NUM_SAMPLES = flags.DEFINE_integer(
 flags.mark_flags_as_required(["workdir"])
 
 
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run recorded, with defaults for keys added since (eval, data)."""
-  path = epath.Path(workdir) / configuration.CONFIG_FILENAME
-  if not path.exists():
-    raise configuration.RunDirectoryError(
-        f"{workdir} is not a run directory: it has no {configuration.CONFIG_FILENAME}. "
-        "Pass the --workdir of a run of msdr_jax.main.")
-  try:
-    recorded = json.loads(path.read_text())
-  except (OSError, ValueError) as e:
-    raise configuration.RunDirectoryError(
-        f"Cannot read {path} ({type(e).__name__}: {e}).") from e
-  eval_config = base_config.eval_config()
-  eval_config.update_from_flattened_dict(
-      {k: v for k, v in configuration.flatten(recorded.pop("eval", {})).items()
-       if _has_key(eval_config, k)})
-  config = ml_collections.ConfigDict(recorded)
-  config.eval = eval_config
-  configuration.fill_legacy_defaults(config)
-  return config
-
-
-def _has_key(config: ml_collections.ConfigDict, dotted: str) -> bool:
-  node = config
-  for part in dotted.split("."):
-    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      return False
-    node = node[part]
-  return True
-
-
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates the latest checkpoints of the run in `workdir`."""
   configuration.validate(config)
   dataset = data.get_dataset(config.data)
-  shape = dataset.observation_shape
   stage_one_source = config.stage1.checkpoint or workdir
+  stage_one_directory = checkpoints.DIRECTORIES["stage1"]
   if not config.stage1.checkpoint and not (
-      epath.Path(workdir) / train.STAGE_ONE_CHECKPOINTS).is_dir():
-    raise configuration.RunDirectoryError(
-        f"{workdir} holds no stage-one checkpoint (no {train.STAGE_ONE_CHECKPOINTS}/ "
+      epath.Path(workdir) / stage_one_directory).is_dir():
+    raise run_directory.RunDirectoryError(
+        f"{workdir} holds no stage-one checkpoint (no {stage_one_directory}/ "
         "directory): train the run with msdr_jax.main first.")
   loading = config.copy_and_resolve_references()
   loading.stage1.checkpoint = stage_one_source
-  stage1_params, stage1_step = train.load_stage_one(loading, shape)
+  stage_one = stage_one_lib.DisentanglingVAE.from_config(
+      config.stage1, dataset.observation_shape)
+  stage1_params, stage1_step = checkpoints.load_stage_one(loading, stage_one)
   logging.info("Evaluating stage one (step %d) of %s.", stage1_step, stage_one_source)
-  stage1_key = train.rng_streams(config.seed)[2]
+  stage1_key = steps.rng_streams(config.seed)[2]
   with writers.MetricWriter(workdir) as writer:
     results = evaluation.evaluate_stage_one(
-        config, workdir, dataset, stage1_params, stage1_step, stage1_key, writer)
+        config, workdir, dataset, stage1_params, stage1_step, stage1_key, writer,
+        stage_one)
     if config.stage2.family == families.NO_STAGE_TWO:
       return results
-    stage_two = train.load_stage_two(config, workdir, shape, stage1_params)
+    model = multi_stage.MultiStageModel.from_config(config, stage_one)
+    stage_two = checkpoints.load_stage_two(config, workdir, model, stage1_params)
     if stage_two is None:
       logging.warning("%s holds no stage-two checkpoint; evaluated stage one only.",
                       workdir)
       return results
     params, step = stage_two
     return evaluation.evaluate_multi_stage(
-        config, workdir, dataset, {"stage1": stage1_params, "stage2": params}, step,
-        stage1_key, train.rng_streams(config.seed, stage=2)[2], writer, results)
+        config, workdir, dataset, model, {"stage1": stage1_params, "stage2": params},
+        step, stage1_key, steps.rng_streams(config.seed, stage=2)[2], writer, results)
 
 
 def main(argv):
@@ -117,7 +92,7 @@ def main(argv):
   writers.hide_library_info_logs()
   workdir = _WORKDIR.value
   try:
-    config = load_run_config(workdir)
+    config = run_directory.load_run_config(workdir)
     overrides = {
         "eval.disentanglement.metrics": _METRICS.value,
         "eval.sample_quality.feature_extractor": _FEATURE_EXTRACTOR.value,
@@ -128,7 +103,7 @@ def main(argv):
         {key: value for key, value in overrides.items() if value is not None})
     logging.info("JAX devices: %s", jax.devices())
     evaluate_run(config, workdir)
-  except (configuration.ConfigError, configuration.RunDirectoryError, ValueError) as e:
+  except (configuration.ConfigError, run_directory.RunDirectoryError, ValueError) as e:
     print(f"msdr_jax.evaluate: error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
   print(f"msdr_jax.evaluate: metrics in {epath.Path(workdir) / 'metrics.json'}",

@@ -21,7 +21,6 @@ With a stage two:
 from __future__ import annotations
 
 import functools
-import json
 from typing import Any
 
 from absl import logging
@@ -35,6 +34,7 @@ from msdr_jax import image_metrics
 from msdr_jax import losses
 from msdr_jax import metrics
 from msdr_jax import multi_stage
+from msdr_jax import run_directory
 from msdr_jax import stage_one as stage_one_lib
 from msdr_jax import visualize
 from msdr_jax import writers
@@ -95,13 +95,6 @@ def traversals(
   return losses.decoder_mean(logits).reshape(num_latents, len(values), *logits.shape[1:])
 
 
-def write_json(path: epath.Path, payload: dict[str, Any]) -> None:
-  """Atomic write: a crash never leaves a half-written metrics file."""
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-  tmp.replace(path)
-
-
 def evaluate_stage_one(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -110,7 +103,7 @@ def evaluate_stage_one(
     step: int,
     rng: jax.Array,
     writer: writers.MetricWriter,
-    stage_one: stage_one_lib.StageOne | None = None,
+    stage_one: stage_one_lib.StageOne | stage_one_lib.DisentanglingVAE,
 ) -> dict[str, Any]:
   """Computes the stage-one metrics and figures; returns the metrics dict.
 
@@ -122,12 +115,9 @@ def evaluate_stage_one(
     step: training step of `params`, recorded with the results.
     rng: evaluation key, independent of the training stream.
     writer: TensorBoard writer.
-    stage_one: the stage one `params` belong to; default: the VAE of
-      `config.stage1`.
+    stage_one: the stage one `params` belong to.
   """
   eval_config = config.eval
-  if stage_one is None:
-    stage_one = stage_one_lib.StageOne.from_config(config, dataset.observation_shape)
   eval_batch = _make_eval_batch(
       stage_one, config.stage1.objective.tc_estimator, eval_config.batch_size)
   num_batches = eval_config.num_points // eval_config.batch_size
@@ -189,7 +179,7 @@ def evaluate_stage_one(
   writer.write_scalars(results["step"], {
       f"eval/{k}": v for k, v in results.items() if isinstance(v, float)
   })
-  write_json(workdir_path / "metrics.json", results)
+  run_directory.write_json(workdir_path / run_directory.METRICS_FILENAME, results)
   logging.info(
       "Evaluation: BCE %.2f  MSE %.2f  PSNR %.2f  SSIM %.3f  KL %.2f  TC %.3f  "
       "active %d  %s",
@@ -309,13 +299,13 @@ def evaluate_multi_stage(
     config: ml_collections.ConfigDict,
     workdir: str,
     dataset: ground_truth.GroundTruthData,
+    model: multi_stage.MultiStageModel,
     params: Any,
     step: int,
     stage1_rng: jax.Array,
     rng: jax.Array,
     writer: writers.MetricWriter,
     stage1_results: dict[str, Any],
-    stage_one: stage_one_lib.StageOne | None = None,
 ) -> dict[str, Any]:
   """Adds the multi-stage metrics and figures to `stage1_results`.
 
@@ -323,6 +313,7 @@ def evaluate_multi_stage(
     config: the run's config.
     workdir: where the figures and `metrics.json` go.
     dataset: the ground-truth data set to draw evaluation batches from.
+    model: the multi-stage model `params` belong to.
     params: `{"stage1": ..., "stage2": ...}`.
     step: stage two's training step.
     stage1_rng: the key `evaluate_stage_one` was given: the images scored
@@ -330,15 +321,11 @@ def evaluate_multi_stage(
     rng: stage two's evaluation key, independent of the training streams.
     writer: TensorBoard writer.
     stage1_results: what `evaluate_stage_one` returned.
-    stage_one: the stage one of `params["stage1"]`; default: the VAE of
-      `config.stage1`.
 
   Returns:
     All metrics, also written to `workdir/metrics.json`.
   """
   eval_config = config.eval
-  model = multi_stage.MultiStageModel.from_config(
-      config, dataset.observation_shape, stage_one=stage_one)
   eval_batch = _make_multi_stage_eval_batch(model, eval_config.batch_size)
   num_batches = eval_config.num_points // eval_config.batch_size
   batches = [
@@ -417,7 +404,7 @@ def evaluate_multi_stage(
       f"eval/{k}": v for k, v in results.items()
       if isinstance(v, float) and k.startswith(("multi_stage/", "stage2/"))
   })
-  write_json(workdir_path / "metrics.json", results)
+  run_directory.write_json(workdir_path / run_directory.METRICS_FILENAME, results)
   logging.info(
       "Multi-stage evaluation: MSE %.3f (stage one %.2f)  MIG %s  "
       "fidelity R2 %s, variance-weighted %s (stage one's own %s, %s) on %d "

@@ -26,6 +26,7 @@ from ml_collections import config_flags
 from msdr_jax import configuration
 from msdr_jax import data
 from msdr_jax import parallel
+from msdr_jax import run_directory
 from msdr_jax import train
 from msdr_jax import writers
 
@@ -56,7 +57,7 @@ flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 # Errors caused by the user's input: reported in one line, without traceback.
 _USER_ERRORS = (
     configuration.ConfigError,
-    configuration.RunDirectoryError,
+    run_directory.RunDirectoryError,
     data.DataError,
     train.NonFiniteLossError,
     parallel.DeviceCountError,
@@ -100,7 +101,7 @@ def main(argv):
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   try:
     configuration.validate(config)  # Before the config names a directory.
-    workdir = FLAGS.workdir or configuration.default_workdir(config)
+    workdir = FLAGS.workdir or run_directory.default_workdir(config)
     logging.info("JAX devices: %s", jax.devices())
     logging.info("Work directory: %s", workdir)
     print(f"msdr_jax: work directory {workdir}", flush=True)

@@ -10,8 +10,8 @@ library's VAE, an imported checkpoint, a user's own networks).
 `MultiStageModel` exposes the model as pure functions of the parameter
 pytree `{"stage1": ..., "stage2": ...}`:
 
-  model = multi_stage.MultiStageModel.from_config(config, image_shape)
-  model = multi_stage.MultiStageModel.from_config(config, stage_one=stage_one)
+  stage_one = stage_one_lib.DisentanglingVAE.from_config(config.stage1, image_shape)
+  model = multi_stage.MultiStageModel.from_config(config, stage_one)
   codes, latents = model.encode(params, images)   # z = stage one's mean.
   images = model.reconstruct(params, images)
   images = model.sample(params, rng, 16)
@@ -31,7 +31,7 @@ freely between the two.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -91,25 +91,28 @@ class MultiStageModel:
   def from_config(
       cls,
       config: ml_collections.ConfigDict,
-      image_shape: tuple[int, int, int] | None = None,
+      stage_one: StageOne,
       compute_dtype: Any = jnp.float32,
-      stage_one: StageOne | None = None,
   ) -> MultiStageModel:
-    """`stage_one` (default: the VAE of `config.stage1`) and `config`'s family.
+    """`stage_one` and the family of `config.stage2`, computing in `compute_dtype`.
 
-    The networks the library builds compute in `compute_dtype`; a given
-    `stage_one` computes as it was built.
+    The compute dtype is the family's; stage one computes as it was built.
     """
-    if stage_one is None:
-      stage_one = StageOne.from_config(config, image_shape, compute_dtype)
-    elif image_shape is not None and tuple(image_shape) != stage_one.image_shape:
-      raise ValueError(
-          f"Stage one takes {stage_one.image_shape} images, not {tuple(image_shape)}.")
     return cls(stage1=stage_one,
                stage2=family_from_config(config, stage_one, compute_dtype))
 
+  def init(self, rng: jax.Array, stage1_params: Params) -> Params:
+    """Initial stage-two parameters; `stage1_params` only shape the conditioning."""
+    images = jnp.zeros((1, *self.stage1.image_shape), jnp.float32)
+    cond = condition(self.stage1, stage1_params, images)
+    return self.stage2.init(rng, cond, images)
+
   def loss(self, stage2_params, stage1_params, images, rng, step=None):
     """(loss, metrics) of stage two at training `step`; stage one gets no gradient.
+
+    The train step of `steps.make_train_step`: stage one's parameters are an
+    ordinary argument, so another stage-one checkpoint reuses the compiled
+    step.
 
     `step=None` is the objective after any warm-up (`base.Family.loss`).
     """
@@ -161,17 +164,3 @@ class MultiStageModel:
     images = self.decode(params, codes, latents)
     return images.reshape(num_latents, steps, *image.shape)
 
-
-def make_loss_fn(
-    config: ml_collections.ConfigDict,
-    image_shape: tuple[int, int, int] | None = None,
-    compute_dtype: Any = jnp.float32,
-    stage_one: StageOne | None = None,
-) -> Callable[..., tuple[jax.Array, base.Metrics]]:
-  """Returns `loss(stage2_params, stage1_params, images, rng, step=None)`.
-
-  Stage one is `stage_one`, by default the VAE of `config.stage1`. With
-  `compute_dtype=jnp.bfloat16` the networks compute in bfloat16; the loss and
-  the gradients with respect to the float32 parameters are float32.
-  """
-  return MultiStageModel.from_config(config, image_shape, compute_dtype, stage_one).loss

@@ -199,7 +199,7 @@ def read_specs(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_stage_one(
     path: str | os.PathLike, likelihood: str | None = None
-) -> tuple[stage_one_lib.StageOne, dict[str, Any]]:
+) -> tuple[stage_one_lib.DisentanglingVAE, dict[str, Any]]:
   """(stage one, params) of a Burgess checkpoint, shapes read off its weights.
 
   The likelihood is `specs.json`'s `rec_dist` when the file is there,
@@ -216,8 +216,8 @@ def load_stage_one(
   except IncompatibleCheckpointError as e:
     raise IncompatibleCheckpointError(f"Cannot import {checkpoint_file(path)}: {e}.") from None
   likelihood = likelihood or read_specs(path).get("rec_dist", "bernoulli")
-  model = vae.VAE(ARCHITECTURE, latent_dim, image_shape)
-  return stage_one_lib.StageOne.from_vae(model, likelihood), params
+  network = vae.VAE(ARCHITECTURE, latent_dim, image_shape)
+  return stage_one_lib.DisentanglingVAE(network, likelihood), params
 
 
 def load_params(

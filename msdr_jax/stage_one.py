@@ -11,11 +11,16 @@ evaluation, the metric suite, the figures and the studies) needs only a
 Three ways to get one:
 
   # The library's own VAE (trained by msdr_jax.main or loaded from a run):
-  stage_one = StageOne.from_config(config, image_shape)
+  stage_one = DisentanglingVAE.from_config(config.stage1, image_shape)
   # A PyTorch checkpoint of the Burgess et al. architecture (pytorch_import):
   stage_one, params = pytorch_import.load_stage_one("btcvae_dsprites/")
   # A user's own Flax modules, params = {"encoder": ..., "decoder": ...}:
   stage_one = StageOne.from_flax_modules(encoder, decoder, (64, 64, 1), 10)
+
+`DisentanglingVAE` has the shape of a stage-two family: `init(rng)` and
+`loss(params, images, rng, step)` train it (`steps.make_train_step`), and
+`encode` / `decode` are its plug-in interface. A `StageOne` holds the two
+functions of a disentangler trained elsewhere.
 
 Stage one is frozen: its parameters are an ordinary argument of every
 function that uses them, never differentiated (`multi_stage.condition` stops
@@ -42,6 +47,12 @@ Encode = Callable[[Params, jax.Array], tuple[jax.Array, jax.Array]]
 Decode = Callable[[Params, jax.Array], jax.Array]
 
 
+def _check_likelihood(likelihood: str) -> None:
+  if likelihood not in losses.LIKELIHOODS:
+    raise ValueError(f"Stage one's likelihood {likelihood!r} is not one of "
+                     f"{sorted(losses.LIKELIHOODS)}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class StageOne:
   """A frozen disentangler: pure `encode` / `decode` and what they work on.
@@ -64,35 +75,8 @@ class StageOne:
   likelihood: str = "bernoulli"
 
   def __post_init__(self):
-    if self.likelihood not in losses.LIKELIHOODS:
-      raise ValueError(
-          f"Stage one's likelihood {self.likelihood!r} is not one of "
-          f"{sorted(losses.LIKELIHOODS)}.")
+    _check_likelihood(self.likelihood)
     object.__setattr__(self, "image_shape", tuple(int(n) for n in self.image_shape))
-
-  @classmethod
-  def from_vae(cls, model: vae.VAE, likelihood: str) -> StageOne:
-    """The library's VAE; its parameters are `model.init(...)["params"]`."""
-    return cls(
-        encode=lambda params, images: model.apply(
-            {"params": params}, images, method=vae.VAE.encode),
-        decode=lambda params, codes: model.apply(
-            {"params": params}, codes, method=vae.VAE.decode),
-        image_shape=tuple(model.image_shape),
-        latent_dim=model.latent_dim,
-        likelihood=likelihood,
-    )
-
-  @classmethod
-  def from_config(
-      cls,
-      config: ml_collections.ConfigDict,
-      image_shape: tuple[int, int, int],
-      compute_dtype: Any = jnp.float32,
-  ) -> StageOne:
-    """The VAE of `config.stage1.model`, computing in `compute_dtype`."""
-    model = vae.model_from_config(config.stage1.model, image_shape, compute_dtype)
-    return cls.from_vae(model, config.stage1.model.likelihood)
 
   @classmethod
   def from_flax_modules(
@@ -141,6 +125,81 @@ class StageOne:
         raise ValueError(
             f"Stage one's {name} have shape {tuple(actual[name])}, but its "
             f"image_shape and latent_dim say {shape}.")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DisentanglingVAE:
+  """The library's stage one: a VAE with a disentangling objective.
+
+  Attributes:
+    network: the encoder and decoder (`models.vae.VAE`), computing in its
+      `dtype`.
+    likelihood: a key of `losses.LIKELIHOODS`.
+    objective: `f(recon_nll, latents, mean, log_var) -> (loss, terms)`, the
+      objective of `losses.OBJECTIVES` with its hyperparameters bound; None
+      for a stage one imported to be used frozen (`pytorch_import`).
+  """
+
+  network: vae.VAE
+  likelihood: str = "bernoulli"
+  objective: Callable[..., losses.ObjectiveTerms] | None = None
+
+  def __post_init__(self):
+    _check_likelihood(self.likelihood)
+
+  @classmethod
+  def from_config(
+      cls,
+      stage1_config: ml_collections.ConfigDict,
+      image_shape: tuple[int, int, int],
+      dataset_size: int | None = None,
+      compute_dtype: Any = jnp.float32,
+  ) -> DisentanglingVAE:
+    """The VAE of `config.stage1`, computing in `compute_dtype`.
+
+    `dataset_size` (N of the total-correlation estimators) is needed to
+    train it; without it the objective is left out.
+    """
+    network = vae.VAE(
+        architecture=stage1_config.model.architecture,
+        latent_dim=stage1_config.model.latent_dim,
+        image_shape=tuple(int(n) for n in image_shape),
+        dtype=compute_dtype,
+    )
+    objective = (None if dataset_size is None else
+                 losses.objective_from_config(stage1_config.objective, dataset_size))
+    return cls(network, stage1_config.model.likelihood, objective)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.network.image_shape)
+
+  @property
+  def latent_dim(self) -> int:
+    return self.network.latent_dim
+
+  def init(self, rng: jax.Array) -> Params:
+    init_rng, sample_rng = jax.random.split(rng)
+    images = jnp.zeros((1, *self.image_shape), jnp.float32)
+    return self.network.init(init_rng, images, sample_rng)["params"]
+
+  def loss(self, params: Params, images: jax.Array, rng: jax.Array,
+           step: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(loss, terms) of the objective on a batch; `step` is unused."""
+    del step  # The stage-one objectives have no schedule.
+    if self.objective is None:
+      raise ValueError("This stage one was built without a training objective "
+                       "(no dataset_size); it can only be used frozen.")
+    out = self.network.apply({"params": params}, images, rng)
+    recon_nll = losses.LIKELIHOODS[self.likelihood](out.decoder_output, images)
+    loss, terms = self.objective(recon_nll, out.latents, out.mean, out.log_var)
+    return loss, dict(terms, loss=loss)
+
+  def encode(self, params: Params, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return self.network.apply({"params": params}, images, method=vae.VAE.encode)
+
+  def decode(self, params: Params, codes: jax.Array) -> jax.Array:
+    return self.network.apply({"params": params}, codes, method=vae.VAE.decode)
 
 
 def params_digest(params: Params) -> str:

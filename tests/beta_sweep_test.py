@@ -15,6 +15,7 @@ from experiments import beta_sweep
 from experiments import figures
 from experiments import results
 from experiments import runs
+from msdr_jax import run_directory
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _BUDGET = beta_sweep.BUDGETS["tiny"]
@@ -94,7 +95,7 @@ def test_run_directory_of_another_config_is_refused(study):
   workdir, _ = study
   config = beta_sweep.study_config(str(workdir), "dsprites", _BUDGET, 4.0, 0, "gmm")
   config.stage1.model.latent_dim = 7
-  with pytest.raises(beta_sweep.configuration.RunDirectoryError):
+  with pytest.raises(run_directory.RunDirectoryError):
     runs.run_or_load(config, workdir / "dsprites" / "beta4-seed0" / "gmm")
 
 
@@ -153,13 +154,13 @@ def test_rerun_refuses_a_stage_two_it_could_only_corrupt(study):
   run = workdir / "dsprites" / "beta4-seed0" / "gmm"
   config = beta_sweep.study_config(str(workdir), "dsprites", _BUDGET, 4.0, 0, "gmm")
   config.stage1.num_steps += 2  # Stage one would be retrained longer ...
-  with pytest.raises(beta_sweep.configuration.RunDirectoryError,
+  with pytest.raises(run_directory.RunDirectoryError,
                      match="trained on stage one at step 6, but the study's stage one "
                            "now has 8 steps"):
     runs.run_or_load(config, run)
   config = beta_sweep.study_config(str(workdir), "dsprites", _BUDGET, 4.0, 0, "gmm")
   config.stage2.num_steps = 3  # ... or stage two would be cut short.
-  with pytest.raises(beta_sweep.configuration.RunDirectoryError,
+  with pytest.raises(run_directory.RunDirectoryError,
                      match="--stage2_steps=6"):
     runs.run_or_load(config, run)
   assert json.loads((run / "metrics.json").read_text())["stage2_step"] == 6  # Untouched.

@@ -11,6 +11,7 @@ import pytest
 from configs import dsprites
 from msdr_jax import base_config
 from msdr_jax import configuration
+from msdr_jax import run_directory
 from msdr_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -68,33 +69,33 @@ def test_bad_config_values_name_the_key(key, value, message, tmp_path):
 
 def test_workdir_of_another_config_is_refused(tmp_path):
   config = _tiny_config()
-  configuration.bind_workdir(config, str(tmp_path))
+  run_directory.bind_workdir(config, str(tmp_path))
   config.stage1.num_steps = 100  # Resumable: still the same run.
-  configuration.bind_workdir(config, str(tmp_path))
+  run_directory.bind_workdir(config, str(tmp_path))
   config.stage1.objective.beta = 2.0
-  with pytest.raises(configuration.RunDirectoryError,
+  with pytest.raises(run_directory.RunDirectoryError,
                      match=r"stage1.objective.beta is 6.0 there but 2.0 here"):
-    configuration.bind_workdir(config, str(tmp_path))
-  assert configuration.fingerprint(config) != configuration.fingerprint(_tiny_config())
+    run_directory.bind_workdir(config, str(tmp_path))
+  assert run_directory.fingerprint(config) != run_directory.fingerprint(_tiny_config())
 
 
 def test_corrupt_run_config_is_a_run_directory_error(tmp_path):
   (tmp_path / "config.json").write_text("{not json")
-  with pytest.raises(configuration.RunDirectoryError, match=r"Cannot use .*config.json"):
-    configuration.bind_workdir(_tiny_config(), str(tmp_path))
+  with pytest.raises(run_directory.RunDirectoryError, match=r"Cannot use .*config.json"):
+    run_directory.bind_workdir(_tiny_config(), str(tmp_path))
 
 
 def test_only_the_run_defining_keys_change_the_fingerprint_and_default_workdir():
   config = _tiny_config()
-  fingerprint = configuration.fingerprint(config)
+  fingerprint = run_directory.fingerprint(config)
   assert len(fingerprint) == 8 and int(fingerprint, 16) >= 0
-  assert configuration.default_workdir(config) == f"runs/{config.name}-{fingerprint}"
+  assert run_directory.default_workdir(config) == f"runs/{config.name}-{fingerprint}"
   resumed = _tiny_config()
   resumed.stage1.num_steps, resumed.stage2.num_steps = 1_000, 500
   resumed.log_every_steps, resumed.checkpoint_every_steps = 7, 9
   resumed.eval.num_points = 400
   resumed.data.placement = "host"
-  assert configuration.fingerprint(resumed) == fingerprint
+  assert run_directory.fingerprint(resumed) == fingerprint
   for key, value in (("seed", 1), ("batch_size", 16), ("stage2.family", "gmm"),
                      ("stage1.objective.beta", 2.0)):
     changed = _tiny_config()
@@ -103,40 +104,40 @@ def test_only_the_run_defining_keys_change_the_fingerprint_and_default_workdir()
     for section in sections:
       node = node[section]
     node[leaf] = value
-    assert configuration.fingerprint(changed) != fingerprint, key
+    assert run_directory.fingerprint(changed) != fingerprint, key
 
 
 def test_a_run_recorded_before_newer_keys_existed_still_resumes(tmp_path):
   config = _tiny_config()
   recorded = json.loads(config.to_json())
-  for key in configuration.LEGACY_DEFAULTS:  # As an older version wrote it.
+  for key in run_directory.LEGACY_DEFAULTS:  # As an older version wrote it.
     *sections, leaf = key.split(".")
     node = recorded
     for section in sections:
       node = node[section]
     del node[leaf]
   (tmp_path / "config.json").write_text(json.dumps(recorded))
-  configuration.check_workdir(config, str(tmp_path))
-  configuration.bind_workdir(config, str(tmp_path))
+  run_directory.check_workdir(config, str(tmp_path))
+  run_directory.bind_workdir(config, str(tmp_path))
   assert json.loads((tmp_path / "config.json").read_text()) == recorded  # Kept as it was.
   config.compute_dtype = "bfloat16"  # Not the value the old run implicitly had.
-  with pytest.raises(configuration.RunDirectoryError,
+  with pytest.raises(run_directory.RunDirectoryError,
                      match=r"compute_dtype is '<absent>' there but 'bfloat16' here"):
-    configuration.check_workdir(config, str(tmp_path))
+    run_directory.check_workdir(config, str(tmp_path))
 
 
 def test_a_stage_one_given_from_python_is_recorded_then_checked(tmp_path):
-  configuration.bind_stage_one(str(tmp_path), "ab" * 32)
-  configuration.bind_stage_one(str(tmp_path), "ab" * 32)  # The same: resumes.
+  run_directory.bind_stage_one(str(tmp_path), "ab" * 32)
+  run_directory.bind_stage_one(str(tmp_path), "ab" * 32)  # The same: resumes.
   assert json.loads((tmp_path / "stage_one.json").read_text()) == {"params_sha256": "ab" * 32}
-  with pytest.raises(configuration.RunDirectoryError,
+  with pytest.raises(run_directory.RunDirectoryError,
                      match=r"another stage one \(parameter digest abababababab there, "
                            r"cdcdcdcdcdcd here\)"):
-    configuration.bind_stage_one(str(tmp_path), "cd" * 32)
+    run_directory.bind_stage_one(str(tmp_path), "cd" * 32)
 
 
 def test_flatten_names_every_leaf_by_its_path():
-  assert configuration.flatten({"a": {"b": 1, "c": {"d": [2]}}, "e": "x"}) == {
+  assert run_directory.flatten({"a": {"b": 1, "c": {"d": [2]}}, "e": "x"}) == {
       "a.b": 1, "a.c.d": [2], "e": "x"}
 
 

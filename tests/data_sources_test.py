@@ -22,6 +22,7 @@ import scipy.io
 import tensorflow_datasets as tfds
 
 from msdr_jax import configuration
+from msdr_jax import run_directory
 from msdr_jax import data
 from msdr_jax.data import arrays
 from msdr_jax.data import dsprites
@@ -464,12 +465,12 @@ def test_config_arguments_are_checked():
 
 def test_placement_may_change_when_a_run_resumes(tmp_path):
   config = _load_config("dsprites", "preset=tiny")
-  configuration.bind_workdir(config, str(tmp_path))
+  run_directory.bind_workdir(config, str(tmp_path))
   config.data.placement = "host"
-  configuration.bind_workdir(config, str(tmp_path))
+  run_directory.bind_workdir(config, str(tmp_path))
   config.data.source = "tfds"
-  with pytest.raises(configuration.RunDirectoryError, match="data.source"):
-    configuration.bind_workdir(config, str(tmp_path))
+  with pytest.raises(run_directory.RunDirectoryError, match="data.source"):
+    run_directory.bind_workdir(config, str(tmp_path))
 
 
 def test_run_directories_recorded_before_data_sources_still_resume(tmp_path):
@@ -478,18 +479,18 @@ def test_run_directories_recorded_before_data_sources_still_resume(tmp_path):
   for key in ("source", "data_dir", "path", "placement"):
     del recorded["data"][key]  # What a run recorded before these keys existed.
   del recorded["compute_dtype"]
-  (tmp_path / configuration.CONFIG_FILENAME).write_text(json.dumps(recorded))
-  configuration.check_workdir(config, str(tmp_path))
-  configuration.bind_workdir(config, str(tmp_path))
+  (tmp_path / run_directory.CONFIG_FILENAME).write_text(json.dumps(recorded))
+  run_directory.check_workdir(config, str(tmp_path))
+  run_directory.bind_workdir(config, str(tmp_path))
   # What `python -m msdr_jax.evaluate` does with a recorded config.
   restored = ml_collections.ConfigDict(recorded)
-  configuration.fill_legacy_defaults(restored)
+  run_directory.fill_legacy_defaults(restored)
   assert restored.data.source == "procedural" and restored.data.placement == "device"
   assert restored.compute_dtype == "float32"
   configuration.validate(restored)
   # Their default work directory names are unchanged too.
-  old_identity = configuration._identity(configuration.flatten(recorded))
-  assert configuration.run_identity(config) == old_identity
+  old_identity = run_directory._identity(run_directory.flatten(recorded))
+  assert run_directory.run_identity(config) == old_identity
   config.data.source = "tfds"
-  with pytest.raises(configuration.RunDirectoryError, match="data.source is '<absent>'"):
-    configuration.check_workdir(config, str(tmp_path))
+  with pytest.raises(run_directory.RunDirectoryError, match="data.source is '<absent>'"):
+    run_directory.check_workdir(config, str(tmp_path))

@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 
 from configs import dsprites
+from msdr_jax import checkpoints
 from msdr_jax import parallel
-from msdr_jax import train
+from msdr_jax import stage_one as stage_one_lib
+from msdr_jax import steps
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -45,7 +47,7 @@ _EIGHT_DEVICES = textwrap.dedent("""
     import numpy as np
     import optax
     from configs import dsprites
-    from msdr_jax import data, multi_stage, parallel, train
+    from msdr_jax import data, multi_stage, parallel, stage_one as stage_one_lib, steps, train
 
     workdir = sys.argv[1]
     assert jax.device_count() == 8, jax.devices()
@@ -54,6 +56,11 @@ _EIGHT_DEVICES = textwrap.dedent("""
     config.log_every_steps = 1  # The first step's metrics, as the loop logs them.
     dataset = data.get_dataset(config.data)
     shape = dataset.observation_shape
+    stage_one = stage_one_lib.DisentanglingVAE.from_config(
+        config.stage1, shape, dataset.num_images)
+    model = multi_stage.MultiStageModel.from_config(config, stage_one)
+    optimizer1 = steps.make_optimizer(config.stage1.optimizer)
+    optimizer2 = steps.make_optimizer(config.stage2.optimizer)
 
     class LoggedScalars:  # A MetricWriter that keeps what the training loop logs.
       def __init__(self):
@@ -74,22 +81,24 @@ _EIGHT_DEVICES = textwrap.dedent("""
     # checkpoint at step 3 resumed on 8 devices.
     stage1 = {}
     for n in (8, 1):
-      state = train.train_stage_one(config, f"{workdir}/s1_{n}", dataset, logged[n], mesh[n])
+      state = train.train_stage(config, f"{workdir}/s1_{n}", "stage1", stage_one, dataset,
+                                logged[n], mesh[n])
       assert len(state.params["encoder"]["Dense_0"]["kernel"].sharding.device_set) == n
       stage1[n] = parallel.to_host(state.params)
       save(f"stage1_{n}", state.params)
     shutil.copytree(f"{workdir}/s1_1", f"{workdir}/s1_resharded")
     shutil.rmtree(f"{workdir}/s1_resharded/checkpoints/{config.stage1.num_steps}")
-    state = train.train_stage_one(config, f"{workdir}/s1_resharded", dataset, writer, mesh[8])
+    state = train.train_stage(config, f"{workdir}/s1_resharded", "stage1", stage_one, dataset,
+                              writer, mesh[8])
     save("stage1_resharded", state.params)
 
     # Sharded jit, stage two on the same frozen stage one.
-    init_rng2, _, _ = train.rng_streams(config.seed, stage=2)
-    initial2 = train.create_stage_two_state(config, shape, stage1[1], init_rng2)
+    init_rng2, _, _ = steps.rng_streams(config.seed, stage=2)
+    initial2 = steps.create_train_state(model.init, optimizer2, init_rng2, stage1[1])
     save("stage2_initial", initial2.params)
     for n in (8, 1):
-      state = train.train_stage_two(config, f"{workdir}/s2_{n}", dataset, stage1[1],
-                                    logged[n], mesh[n])
+      state = train.train_stage(config, f"{workdir}/s2_{n}", "stage2", model, dataset,
+                                logged[n], mesh[n], frozen=(stage1[1],))
       save(f"stage2_{n}", state.params)
 
     # The first step's metrics as the loop logged them on 8 and 1 devices.
@@ -126,27 +135,26 @@ _EIGHT_DEVICES = textwrap.dedent("""
                for shard, rng in zip(parallel.split_for_pmap(images, 8), rngs)]
       return float(optax.tree.norm(jax.tree.map(lambda *g: sum(g) / len(g), *grads)))
 
-    state1 = train.create_train_state(config.stage1, shape, jax.random.PRNGKey(1))
-    mapped1 = train.make_train_step(config.stage1, shape, dataset.num_images, axis_name="batch")
-    state2 = train.create_stage_two_state(config, shape, stage1[1], jax.random.PRNGKey(2))
-    mapped2 = train.make_stage_two_train_step(config, shape, axis_name="batch")
+    state1 = steps.create_train_state(stage_one.init, optimizer1, jax.random.PRNGKey(1))
+    mapped1 = steps.make_train_step(stage_one.loss, axis_name="batch")
+    state2 = steps.create_train_state(model.init, optimizer2, jax.random.PRNGKey(2), stage1[1])
+    mapped2 = steps.make_train_step(model.loss, axis_name="batch")
     for mapper in (jax.pmap, jax.vmap):
       save(f"stage1_{mapper.__name__}", run_mapped(mapped1, state1, (), mapper, "stage1"))
       save(f"stage2_{mapper.__name__}",
            run_mapped(mapped2, state2, (stage1[1],), mapper, "stage2"))
     metrics["stage1_expected_grad_norm"] = mean_gradient_norm(
-        train.make_loss_fn(config.stage1, shape, dataset.num_images), state1.params, ())
+        stage_one.loss, state1.params, ())
     # At the train state's step 0, as the mapped step computes it.
-    stage2_loss = multi_stage.make_loss_fn(config, shape)
     metrics["stage2_expected_grad_norm"] = mean_gradient_norm(
-        lambda *args: stage2_loss(*args, step=0), state2.params, (stage1[1],))
+        lambda *args: model.loss(*args, step=0), state2.params, (stage1[1],))
     save("initial", state1.params)
     save("initial2", state2.params)
 
     # jit_sharded: a step fed from the host, its batch split over 8 devices.
     images, _ = dataset.sample(jax.random.PRNGKey(30), 16)
     rng = jax.random.PRNGKey(31)
-    step1 = train.make_train_step(config.stage1, shape, dataset.num_images)
+    step1 = steps.make_train_step(stage_one.loss)
     plain, m_plain = jax.jit(step1)(state1, images, rng)
     # Last use of state1: its replicas may share its buffers, and are donated.
     sharded, m = parallel.jit_sharded(step1, mesh[8], batch_argnums=(1,))(
@@ -164,7 +172,8 @@ _EIGHT_DEVICES = textwrap.dedent("""
     except parallel.DeviceCountError as e:
       print("refused:", e)
     try:
-      train.train_stage_one(odd, f"{workdir}/odd_stage_one", dataset, writer, mesh[8])
+      train.train_stage(odd, f"{workdir}/odd_stage_one", "stage1", stage_one, dataset, writer,
+                        mesh[8])
     except parallel.DeviceCountError as e:
       print("stage one refused:", e)
     assert not os.path.exists(f"{workdir}/odd")
@@ -220,8 +229,10 @@ def _relative_distance(params, reference, initial):
 
 def _initial_stage_one():
   config = dsprites.get_config("preset=tiny")
-  init_rng, _, _ = train.rng_streams(config.seed)
-  state = train.create_train_state(config.stage1, (64, 64, 1), init_rng)
+  init_rng, _, _ = steps.rng_streams(config.seed)
+  stage_one = stage_one_lib.DisentanglingVAE.from_config(config.stage1, (64, 64, 1))
+  state = steps.create_train_state(
+      stage_one.init, steps.make_optimizer(config.stage1.optimizer), init_rng)
   return [np.asarray(x) for x in jax.tree.leaves(state.params)]
 
 
@@ -326,7 +337,8 @@ def test_two_processes_train_as_one_does(eight_devices, tmp_path):
 
   config = dsprites.get_config("preset=tiny")
   config.stage1.checkpoint = str(tmp_path / "run")
-  params, step = train.load_stage_one(config, (64, 64, 1))
+  params, step = checkpoints.load_stage_one(
+      config, stage_one_lib.DisentanglingVAE.from_config(config.stage1, (64, 64, 1)))
   assert step == config.stage1.num_steps
   one_device = _load(workdir / "stage1_1.npz")
   two_processes = [np.asarray(x) for x in jax.tree.leaves(params)]

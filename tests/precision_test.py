@@ -24,8 +24,8 @@ import pytest
 from configs import dsprites
 from msdr_jax import losses
 from msdr_jax import multi_stage
-from msdr_jax import train
-from msdr_jax.models import vae
+from msdr_jax import stage_one as stage_one_lib
+from msdr_jax import steps
 
 # The smallest images the four stride-2 layers of every network allow.
 SHAPE = (16, 16, 1)
@@ -89,16 +89,26 @@ def _relative_error(actual, expected):
   return float(jnp.linalg.norm(actual - expected) / jnp.linalg.norm(expected))
 
 
+def _stage_one(config, compute_dtype=jnp.float32):
+  return stage_one_lib.DisentanglingVAE.from_config(
+      config.stage1, SHAPE, DATASET_SIZE, compute_dtype)
+
+
+def _multi_stage(config, compute_dtype):
+  """Both stages computing in `compute_dtype`."""
+  return multi_stage.MultiStageModel.from_config(
+      config, _stage_one(config, compute_dtype), compute_dtype)
+
+
 def _stage_one_loss(config, compute_dtype):
-  """`train.make_loss_fn` of stage one, with the VAE's outputs as aux."""
-  model = vae.model_from_config(config.stage1.model, SHAPE, compute_dtype)
-  likelihood = losses.LIKELIHOODS[config.stage1.model.likelihood]
-  objective = losses.objective_from_config(config.stage1.objective, DATASET_SIZE)
+  """`DisentanglingVAE.loss`, with the VAE's outputs as aux."""
+  stage_one = _stage_one(config, compute_dtype)
+  likelihood = losses.LIKELIHOODS[stage_one.likelihood]
 
   def loss_fn(params, images, rng):
-    out = model.apply({"params": params}, images, rng)
-    loss, _ = objective(likelihood(out.decoder_output, images), out.latents,
-                        out.mean, out.log_var)
+    out = stage_one.network.apply({"params": params}, images, rng)
+    loss, _ = stage_one.objective(likelihood(out.decoder_output, images), out.latents,
+                                  out.mean, out.log_var)
     return loss, out
 
   return loss_fn
@@ -143,7 +153,7 @@ def _run_both(f32_loss_fn, bf16_loss_fn, params, *args):
 def stage_one():
   """(float32 stage-one parameters, perturbed, and a batch of images)."""
   config, images = _config(), _images()
-  model = vae.model_from_config(config.stage1.model, SHAPE)
+  model = _stage_one(config).network
   _, init = _compile(model.init, _key(0), images, _key(1))
   return _perturbed(init(_key(0), images, _key(1))["params"], 1), images
 
@@ -153,8 +163,7 @@ def test_stage_one_vae(stage_one):
   params, images = stage_one
   rng = _key(2)
   _assert_same_tree(*[
-      jax.eval_shape(vae.model_from_config(config.stage1.model, SHAPE, dtype).init,
-                     rng, images, rng)
+      jax.eval_shape(_stage_one(config, dtype).network.init, rng, images, rng)
       for dtype in (jnp.float32, jnp.bfloat16)])
 
   (f32_loss, f32_out), (loss, out) = _run_both(
@@ -173,8 +182,7 @@ def test_stage_two_family(stage_one, family):
   config = _config(family)
   stage1_params, images = stage_one
   rng = _key(3)
-  models = [multi_stage.MultiStageModel.from_config(config, SHAPE, dtype)
-            for dtype in (jnp.float32, jnp.bfloat16)]
+  models = [_multi_stage(config, dtype) for dtype in (jnp.float32, jnp.bfloat16)]
   conds = [jax.eval_shape(functools.partial(multi_stage.condition, model.stage1),
                           stage1_params, images) for model in models]
   assert conds[0] == conds[1]  # float32 conditioning from a bfloat16 stage one.
@@ -186,8 +194,7 @@ def test_stage_two_family(stage_one, family):
   _, init = _compile(models[0].stage2.init, rng, cond, images)
   params = _perturbed(init(rng, cond, images), 2)
   (_, f32_metrics), (_, metrics) = _run_both(
-      multi_stage.make_loss_fn(config, SHAPE),
-      multi_stage.make_loss_fn(config, SHAPE, jnp.bfloat16),
+      models[0].loss, models[1].loss,
       params, stage1_params, images, rng)
   for name, value in metrics.items():
     assert value.dtype == jnp.float32, name
@@ -198,14 +205,15 @@ def test_stage_two_family(stage_one, family):
 
 @pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
 def test_train_steps_compute_in_the_configured_dtype(compute_dtype):
-  """`config.compute_dtype` reaches both steps the training loop builds."""
+  """Both stages' train steps compute in the dtype their models are built with."""
   config = _config("vae")
-  dtype = train.COMPUTE_DTYPES[compute_dtype]
-  state = train.create_train_state(config.stage1, SHAPE, _key(0))
-  stage1_step = train.make_train_step(config.stage1, SHAPE, DATASET_SIZE,
-                                      compute_dtype=dtype)
-  state2 = train.create_stage_two_state(config, SHAPE, state.params, _key(1))
-  stage2_step = train.make_stage_two_train_step(config, SHAPE, compute_dtype=dtype)
+  model = _multi_stage(config, steps.COMPUTE_DTYPES[compute_dtype])
+  state = steps.create_train_state(
+      model.stage1.init, steps.make_optimizer(config.stage1.optimizer), _key(0))
+  stage1_step = steps.make_train_step(model.stage1.loss)
+  state2 = steps.create_train_state(
+      model.init, steps.make_optimizer(config.stage2.optimizer), _key(1), state.params)
+  stage2_step = steps.make_train_step(model.loss)
   texts = [jax.jit(stage1_step).lower(state, _images(), _key(2)).as_text(),
            jax.jit(stage2_step).lower(state2, state.params, _images(), _key(3)).as_text()]
   expected = {"bf16" if compute_dtype == "bfloat16" else "f32"}

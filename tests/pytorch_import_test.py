@@ -202,16 +202,16 @@ def test_cli_refuses_a_corrupt_checkpoint_in_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def readme_example():
-  """The README's "Bring your own stage one" block, executed."""
-  readme = open(os.path.join(REPO, "README.md")).read()
+  """docs/python_api.md's "Bring your own stage one" block, executed."""
+  readme = open(os.path.join(REPO, "docs", "python_api.md")).read()
   block = re.search(r"<!-- bring-your-own-stage-one-example -->\s*```python\n(.*?)```",
                     readme, re.S)
-  assert block, "README lost its bring-your-own-stage-one example"
+  assert block, "docs/python_api.md lost its bring-your-own-stage-one example"
   namespace = {}
   cwd = os.getcwd()
   os.chdir(REPO)  # The example names the fixture by a path relative to the repository.
   try:
-    exec(compile(block.group(1), "README.md", "exec"), namespace)  # pylint: disable=exec-used
+    exec(compile(block.group(1), "docs/python_api.md", "exec"), namespace)  # pylint: disable=exec-used
   finally:
     os.chdir(cwd)
   return namespace
@@ -228,7 +228,7 @@ def test_readme_example_trains_stage_two_on_all_three_kinds(readme_example):
 
 def test_train_and_evaluate_on_a_users_own_stage_one(readme_example, tmp_path):
   """The whole job on the README's own networks; resuming on others is refused."""
-  from msdr_jax import configuration  # pylint: disable=import-outside-toplevel
+  from msdr_jax import run_directory  # pylint: disable=import-outside-toplevel
   from msdr_jax import train  # pylint: disable=import-outside-toplevel
   namespace = readme_example
   config = namespace["config"]
@@ -243,6 +243,6 @@ def test_train_and_evaluate_on_a_users_own_stage_one(readme_example, tmp_path):
   for figure in ("traversals.png", "side_by_side.png", "samples.png"):
     assert os.path.getsize(os.path.join(workdir, figure)) > 0
   other = jax.tree_util.tree_map(lambda x: x + 1, namespace["your_params"])
-  with pytest.raises(configuration.RunDirectoryError, match="another stage one"):
+  with pytest.raises(run_directory.RunDirectoryError, match="another stage one"):
     train.train_and_evaluate(config, workdir, stage_one=namespace["yours"],
                              stage1_params=other)

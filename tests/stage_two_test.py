@@ -5,7 +5,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from configs import dsprites
@@ -13,8 +12,8 @@ from msdr_jax import configuration
 from msdr_jax import data
 from msdr_jax import losses
 from msdr_jax import multi_stage
-from msdr_jax import train
-from msdr_jax.models import vae
+from msdr_jax import stage_one as stage_one_lib
+from msdr_jax import steps
 from msdr_jax.families import base
 
 FAMILIES = ("vae", "flow", "gan", "gmm")
@@ -29,14 +28,28 @@ def _config(family="vae", conditioning="image_and_code"):
   return config
 
 
-@functools.cache  # Built once: every test's stage one is the tiny preset's.
+# Every test's stage one is the tiny preset's.
+STAGE_ONE = stage_one_lib.DisentanglingVAE.from_config(_config().stage1, SHAPE)
+
+
+@functools.cache  # Built once per seed.
 def _stage_one(seed=0):
-  return train.create_train_state(_config().stage1, SHAPE, jax.random.PRNGKey(seed)).params
+  return steps.jit_run_once(STAGE_ONE.init)(jax.random.PRNGKey(seed))
+
+
+def _model(config):
+  return multi_stage.MultiStageModel.from_config(config, STAGE_ONE)
+
+
+def _create_stage_two_state(config, stage1):
+  return steps.create_train_state(
+      _model(config).init, steps.make_optimizer(config.stage2.optimizer),
+      jax.random.PRNGKey(2), stage1)
 
 
 @functools.cache  # Built once per family, on `_stage_one()`.
 def _stage_two_state(family):
-  return train.create_stage_two_state(_config(family), SHAPE, _stage_one(), jax.random.PRNGKey(2))
+  return _create_stage_two_state(_config(family), _stage_one())
 
 
 @functools.cache
@@ -62,14 +75,14 @@ def test_stage_one_gets_no_gradient_and_stays_bit_identical(family):
   stage1 = _stage_one()
   stage1_copy = jax.tree_util.tree_map(np.array, stage1)
   state = _stage_two_state(config.stage2.family)
-  model = multi_stage.MultiStageModel.from_config(config, SHAPE)
+  model = _model(config)
   images = _images()
 
   stage1_grads = jax.jit(jax.grad(lambda p1: model.loss(state.params, p1, images,
                                                         jax.random.PRNGKey(3))[0]))(stage1)
   assert all(not np.any(g) for g in jax.tree_util.tree_leaves(stage1_grads))
 
-  step = jax.jit(train.make_stage_two_train_step(config, SHAPE))
+  step = jax.jit(steps.make_train_step(_model(config).loss))
   before = jax.tree_util.tree_map(np.array, state.params)
   for i in range(3):
     state, metrics = step(state, stage1, images, jax.random.PRNGKey(i))
@@ -84,13 +97,13 @@ def test_another_stage_one_changes_the_conditioning_without_recompiling():
   config = _config("vae")
   first, second = _stage_one(0), _stage_one(1)
   state = _stage_two_state(config.stage2.family)
-  step = jax.jit(train.make_stage_two_train_step(config, SHAPE))
+  step = jax.jit(steps.make_train_step(_model(config).loss))
   images, rng = _images(), jax.random.PRNGKey(3)
   _, with_first = step(state, first, images, rng)
   _, with_second = step(state, second, images, rng)
   assert step._cache_size() == 1  # pylint: disable=protected-access
   assert float(with_first["recon"]) != float(with_second["recon"])
-  model = multi_stage.MultiStageModel.from_config(config, SHAPE)
+  model = _model(config)
   cond_first = multi_stage.condition(model.stage1, first, images)
   cond_second = multi_stage.condition(model.stage1, second, images)
   assert not np.allclose(cond_first.image, cond_second.image)
@@ -102,7 +115,7 @@ def test_combined_model_shapes(family):
   stage1 = _stage_one()
   state = _stage_two_state(config.stage2.family)
   params = {"stage1": stage1, "stage2": state.params}
-  model = multi_stage.MultiStageModel.from_config(config, SHAPE)
+  model = _model(config)
   images = _images(3)
   codes, latents = model.encode(params, images)
   assert codes.shape == (3, 10) and latents.shape[0] == 3
@@ -120,11 +133,10 @@ def test_code_is_stage_one_mean_and_batches_are_independent(family):
   stage1 = _stage_one()
   state = _stage_two_state(config.stage2.family)
   params = {"stage1": stage1, "stage2": _perturbed(state.params, 4)}
-  model = multi_stage.MultiStageModel.from_config(config, SHAPE)
+  model = _model(config)
   images = _images(4)
   codes, _ = model.encode(params, images)
-  stage_one_vae = vae.model_from_config(config.stage1.model, SHAPE)
-  mean, _ = stage_one_vae.apply({"params": stage1}, images, method=vae.VAE.encode)
+  mean, _ = STAGE_ONE.encode(stage1, images)
   np.testing.assert_array_equal(codes, mean)
   together = model.reconstruct(params, images)
   alone = jnp.concatenate([model.reconstruct(params, images[i:i + 1]) for i in range(4)])
@@ -138,7 +150,7 @@ def test_untrained_refiner_reproduces_stage_one(family):
   stage1 = _stage_one()
   state = _stage_two_state(config.stage2.family)
   params = {"stage1": stage1, "stage2": state.params}
-  model = multi_stage.MultiStageModel.from_config(config, SHAPE)
+  model = _model(config)
   images = _images()
   cond = multi_stage.condition(model.stage1, stage1, images)
   latents = model.sample_latents(params, cond.code, jax.random.PRNGKey(5))
@@ -150,7 +162,7 @@ def test_traverse_varies_one_code_and_holds_w():
   stage1 = _stage_one()
   state = _stage_two_state(config.stage2.family)
   params = {"stage1": stage1, "stage2": _perturbed(state.params, 4)}
-  model = multi_stage.MultiStageModel.from_config(config, SHAPE)
+  model = _model(config)
   image = _images(1)[0]
   values = jnp.array([-1.5, 0.5])
   grid = model.traverse(params, image, values)
@@ -170,9 +182,9 @@ def test_gan_players_follow_their_own_objectives():
   for weight in (0.0, 1.0):
     config = _config("gan")
     config.stage2.gan.adversarial_weight = weight
-    model = multi_stage.MultiStageModel.from_config(config, SHAPE)
+    model = _model(config)
     params = _perturbed(
-        train.create_stage_two_state(config, SHAPE, stage1, jax.random.PRNGKey(2)).params, 4)
+        _create_stage_two_state(config, stage1).params, 4)
     grads[weight] = jax.jit(jax.grad(lambda p: model.loss(p, stage1, images, rng)[0]))(params)
   for player in ("discriminator", "encoder"):
     jax.tree_util.tree_map(np.testing.assert_array_equal,
@@ -186,9 +198,9 @@ def test_gmm_likelihood_matches_a_direct_mixture_density():
   config = _config("gmm")
   config.stage2.gmm.num_components = 3
   stage1 = _stage_one()
-  model = multi_stage.MultiStageModel.from_config(config, SHAPE)
+  model = _model(config)
   params = _perturbed(
-      train.create_stage_two_state(config, SHAPE, stage1, jax.random.PRNGKey(2)).params, 4)
+      _create_stage_two_state(config, stage1).params, 4)
   images = _images(2)
   cond = multi_stage.condition(model.stage1, stage1, images)
   loss, _ = model.stage2.loss(params, cond, images, None)
@@ -215,10 +227,10 @@ def test_gmm_likelihood_matches_a_direct_mixture_density():
 def test_vae_loss_is_the_negative_elbo():
   config = _config("vae")
   stage1 = _stage_one()
-  model = multi_stage.MultiStageModel.from_config(config, SHAPE)
+  model = _model(config)
   family = model.stage2
   params = _perturbed(
-      train.create_stage_two_state(config, SHAPE, stage1, jax.random.PRNGKey(2)).params, 4)
+      _create_stage_two_state(config, stage1).params, 4)
   images, rng = _images(), jax.random.PRNGKey(9)
   cond = multi_stage.condition(model.stage1, stage1, images)
   loss, metrics = family.loss(params, cond, images, rng)
@@ -247,9 +259,9 @@ def test_every_conditioning_keeps_a_path_from_z(family, conditioning):
   # Perturbed, so that stage one's output moves visibly with z: MS-Flow's
   # output is discrete, and an initialised stage one hardly depends on z.
   stage1 = _perturbed(_stage_one(), 3, scale=0.2)
-  model = multi_stage.MultiStageModel.from_config(config, SHAPE)
+  model = _model(config)
   params = _perturbed(
-      train.create_stage_two_state(config, SHAPE, stage1, jax.random.PRNGKey(2)).params, 4,
+      _create_stage_two_state(config, stage1).params, 4,
       scale=0.2)
   images = _images(2)
   codes, latents = model.encode({"stage1": stage1, "stage2": params}, images)

@@ -68,14 +68,3 @@ def sample_diagonal_gaussian(
   eps = jax.random.normal(rng, mean.shape, mean.dtype)
   return mean + jnp.exp(0.5 * log_var) * eps
 
-
-def model_from_config(
-    model_config, image_shape: Sequence[int], compute_dtype: Any = jnp.float32
-) -> VAE:
-  """The VAE of `config.stage1.model`, computing in `compute_dtype`."""
-  return VAE(
-      architecture=model_config.architecture,
-      latent_dim=model_config.latent_dim,
-      image_shape=tuple(image_shape),
-      dtype=compute_dtype,
-  )

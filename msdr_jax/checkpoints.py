@@ -1,0 +1,191 @@
+"""Checkpoints: orbax managers for a run's two stages, and loading a stage.
+
+A run directory holds each stage's training states (`TrainState`: step,
+parameters, optimizer state) in its own orbax directory:
+
+  workdir/checkpoints/<step>/          stage one
+  workdir/checkpoints_stage2/<step>/   stage two
+
+Saving is asynchronous (`manager`); resuming restores the latest state into
+the structure of a freshly created one (`resume`); `load_stage_one` and
+`load_stage_two` give the parameters of a finished stage to another run, the
+evaluation or a notebook. `load_stage_one` also reads PyTorch checkpoints
+(`pytorch_import`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from absl import logging
+from etils import epath
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from msdr_jax import multi_stage
+from msdr_jax import pytorch_import
+from msdr_jax import run_directory
+from msdr_jax import stage_one as stage_one_lib
+from msdr_jax import steps
+from msdr_jax import torch_checkpoint
+
+# Each stage's checkpoint directory inside a run directory.
+DIRECTORIES = {"stage1": "checkpoints", "stage2": "checkpoints_stage2"}
+STAGE_NAMES = {"stage1": "stage one", "stage2": "stage two"}
+
+
+def manager(workdir: str, stage: str, max_to_keep: int) -> ocp.CheckpointManager:
+  """The checkpoint manager of `stage` ("stage1" or "stage2") in `workdir`.
+
+  Asynchronous: `save` returns once the state is copied off the devices
+  (before its buffers are donated to the next step) and writes it in the
+  background; the training loop waits for it only before returning or
+  raising.
+  """
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True)
+  return ocp.CheckpointManager(
+      epath.Path(workdir).absolute() / DIRECTORIES[stage], options=options)
+
+
+def _first_sentence(error: Exception) -> str:
+  return str(error).splitlines()[0].split(". ")[0]
+
+
+def restore_or_create_state(
+    manager: ocp.CheckpointManager, state: steps.TrainState
+) -> steps.TrainState:
+  """Restores the latest checkpoint into the structure of `state`, if any."""
+  latest = manager.latest_step()
+  if latest is None:
+    return state
+  abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+  try:
+    return manager.restore(latest, args=ocp.args.StandardRestore(abstract))
+  except (ValueError, KeyError, TypeError) as e:
+    raise run_directory.RunDirectoryError(
+        f"Checkpoint {latest} in {manager.directory} does not match this "
+        f"config's model ({_first_sentence(e)}). Use another --workdir."
+    ) from e
+
+
+def resume(
+    manager: ocp.CheckpointManager, state: steps.TrainState, workdir: str, stage: str,
+    num_steps: int,
+) -> steps.TrainState:
+  """Restores the latest checkpoint; refuses one beyond `num_steps`."""
+  state = restore_or_create_state(manager, state)
+  start_step = int(state.step)
+  if start_step:
+    logging.info("Resumed %s from the checkpoint at step %d.", STAGE_NAMES[stage],
+                 start_step)
+  if start_step > num_steps:
+    manager.close()
+    raise run_directory.RunDirectoryError(
+        f"{workdir} holds {STAGE_NAMES[stage]} trained to step {start_step}, beyond "
+        f"config.{stage}.num_steps={num_steps}. Use "
+        f"--config.{stage}.num_steps={start_step} (or more), or another --workdir."
+    )
+  return state
+
+
+def _shape_mismatch(expected: Any, stored: Any) -> str | None:
+  """'path: shape A there, B here' for the first differing parameter."""
+  ours = {jax.tree_util.keystr(k): tuple(v.shape)
+          for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+  theirs = {jax.tree_util.keystr(k): tuple(v.shape)
+            for k, v in jax.tree_util.tree_leaves_with_path(stored)}
+  for path in sorted(ours.keys() | theirs.keys()):
+    if ours.get(path) != theirs.get(path):
+      there = theirs.get(path, "absent")
+      here = ours.get(path, "absent")
+      return f"params{path} has shape {there} there but {here} here"
+  return None
+
+
+def load_stage_one(
+    config: ml_collections.ConfigDict, stage_one: stage_one_lib.DisentanglingVAE
+) -> tuple[Any, int]:
+  """(params, step) of `stage_one` from the checkpoint `config.stage1.checkpoint`.
+
+  The path is a stage-one work directory or its `checkpoints/` directory
+  (the latest checkpoint is used), or a PyTorch checkpoint of the Burgess et
+  al. architecture: a `torch.save` file or a directory holding `model.pt`
+  (`pytorch_import`; its step is 0). A checkpoint of another model is
+  refused with the first parameter whose shape differs, both shapes named; an
+  unreadable one in one line.
+  """
+  checkpoint = config.stage1.checkpoint
+  if pytorch_import.is_pytorch_checkpoint(checkpoint):
+    try:
+      params = pytorch_import.load_params(
+          checkpoint, config.stage1.model, stage_one.image_shape)
+    except (torch_checkpoint.CheckpointError,
+            pytorch_import.IncompatibleCheckpointError) as e:
+      raise run_directory.RunDirectoryError(str(e)) from None
+    return params, 0
+  path = epath.Path(checkpoint).absolute()
+  if (path / DIRECTORIES["stage1"]).is_dir():
+    path = path / DIRECTORIES["stage1"]
+  fix = ("Pass a stage-one work directory (or its checkpoints/ directory) or a "
+         "PyTorch checkpoint as --config.stage1.checkpoint, or leave it empty to "
+         "train stage one.")
+  if not path.is_dir():
+    raise run_directory.RunDirectoryError(
+        f"Stage-one checkpoint {checkpoint} does not exist. {fix}")
+  manager = ocp.CheckpointManager(
+      path, options=ocp.CheckpointManagerOptions(create=False, read_only=True),
+      item_handlers=ocp.StandardCheckpointHandler())
+  try:
+    step = manager.latest_step()
+    if step is None:
+      raise run_directory.RunDirectoryError(
+          f"{path} holds no stage-one checkpoint. {fix}")
+    state = jax.eval_shape(functools.partial(
+        steps.create_train_state, stage_one.init,
+        steps.make_optimizer(config.stage1.optimizer)), jax.random.PRNGKey(0))
+    metadata = manager.item_metadata(step)
+    stored_params = metadata.get("params") if metadata is not None else None
+    mismatch = (_shape_mismatch(state.params, stored_params)
+                if stored_params is not None else "it has no parameters")
+    if mismatch:
+      model = config.stage1.model
+      raise run_directory.RunDirectoryError(
+          f"Stage-one checkpoint {path} (step {step}) is not a model of this "
+          f"config (architecture {model.architecture}, latent_dim "
+          f"{model.latent_dim}, images {'x'.join(map(str, stage_one.image_shape))}): "
+          f"{mismatch}. Set --config.stage1.model.* and --config.data.* to the "
+          "values the checkpoint was trained with.")
+    # Onto this process's first device, whatever devices wrote it.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
+    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  finally:
+    manager.close()
+  return restored.params, step
+
+
+def load_stage_two(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    model: multi_stage.MultiStageModel,
+    stage1_params: Any,
+) -> tuple[Any, int] | None:
+  """(params, step) of the latest stage-two checkpoint in `workdir`, or None."""
+  path = epath.Path(workdir).absolute() / DIRECTORIES["stage2"]
+  if not path.is_dir():
+    return None
+  state = steps.create_train_state(
+      model.init, steps.make_optimizer(config.stage2.optimizer),
+      jax.random.PRNGKey(0), stage1_params)
+  manager = ocp.CheckpointManager(
+      path, options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+  try:
+    restored = restore_or_create_state(manager, state)
+  finally:
+    manager.close()
+  step = int(restored.step)
+  return (restored.params, step) if step else None

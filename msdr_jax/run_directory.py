@@ -1,0 +1,232 @@
+"""Run directories: what ties a work directory to the run that made it.
+
+A run directory is tied to the config that created it: `config.json` is
+written on the first start, and a later start with a config that differs in
+anything but the *resumable* keys (how long to train, how often to log and
+save, how to evaluate) is refused, so one directory never mixes two runs. A
+stage one given from Python is recorded by its parameters' digest
+(`stage_one.json`). The evaluation's results go to `metrics.json`, written
+atomically. The checkpoints are in `checkpoints`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Mapping
+
+from etils import epath
+import ml_collections
+
+from msdr_jax import base_config
+
+
+class RunDirectoryError(ValueError):
+  """The work directory cannot be used for this config."""
+
+
+# Keys that may change between a run and its resumption.
+RESUMABLE_KEYS = (
+    "name",
+    "stage1.num_steps",
+    "stage2.num_steps",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "max_checkpoints_to_keep",
+    "eval",
+    # Where a loaded data set lives changes speed, not numbers: both
+    # placements draw the same batches.
+    "data.placement",
+    # A TFDS data set is identified by its name and version, not its location.
+    "data.data_dir",
+)
+
+CONFIG_FILENAME = "config.json"
+
+# Keys added after runs were recorded without them, with the value those runs
+# implicitly had. At that value a key is left out of a run's identity, so an
+# older run directory still resumes and keeps its default name.
+LEGACY_DEFAULTS = {
+    "data.source": "procedural",
+    "data.data_dir": "",
+    "data.path": "",
+    "data.placement": "device",
+    "compute_dtype": "float32",
+}
+
+
+METRICS_FILENAME = "metrics.json"
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{'a.b': value} for every leaf of a nested mapping."""
+  flat = {}
+  for key, value in tree.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      flat.update(flatten(value, path + "."))
+    else:
+      flat[path] = value
+  return flat
+
+
+def _is_resumable(key: str) -> bool:
+  return any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS)
+
+
+def _identity(flat_config: Mapping[str, Any]) -> dict[str, Any]:
+  return {k: v for k, v in sorted(flat_config.items())
+          if not _is_resumable(k) and LEGACY_DEFAULTS.get(k, _NO_DEFAULT) != v}
+
+
+_NO_DEFAULT = object()
+
+
+def run_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The flattened config without the resumable keys."""
+  return _identity(flatten(json.loads(config.to_json())))
+
+
+def fingerprint(config: ml_collections.ConfigDict) -> str:
+  """Short hash of `run_identity`, used to name default work directories."""
+  encoded = json.dumps(run_identity(config), sort_keys=True).encode()
+  return hashlib.sha256(encoded).hexdigest()[:8]
+
+
+def default_workdir(config: ml_collections.ConfigDict) -> str:
+  """`runs/<config name>-<fingerprint>`: rerunning a command resumes it."""
+  return os.path.join("runs", f"{config.name}-{fingerprint(config)}")
+
+
+def fill_legacy_defaults(config: ml_collections.ConfigDict) -> None:
+  """Adds the `LEGACY_DEFAULTS` keys a recorded config lacks, in place."""
+  for key, value in LEGACY_DEFAULTS.items():
+    *sections, name = key.split(".")
+    node = config
+    for section in sections:
+      node = node[section]
+    if name not in node:
+      node[name] = value
+
+
+def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises RunDirectoryError if `workdir` holds a run of another config.
+
+  Reads only: call it before slow work (loading a data set) so a mismatch is
+  reported at once; `bind_workdir` then records the config.
+  """
+  path = epath.Path(workdir) / CONFIG_FILENAME
+  try:
+    if not path.exists():
+      return
+    theirs = _identity(flatten(json.loads(path.read_text())))
+  except (OSError, ValueError) as e:  # Unreadable directory, corrupt JSON.
+    raise RunDirectoryError(
+        f"Cannot use {path} ({type(e).__name__}: {e}). Use another --workdir."
+    ) from e
+  _check_same_run(theirs, config, workdir)
+
+
+def bind_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Records the config in `workdir`, or checks it matches the recorded one.
+
+  `config.json` keeps the config of the run's first start; resumptions may
+  differ from it in the resumable keys only.
+  """
+  path = epath.Path(workdir) / CONFIG_FILENAME
+  try:
+    if path.exists():
+      theirs = _identity(flatten(json.loads(path.read_text())))
+    else:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      tmp = path.parent / (CONFIG_FILENAME + ".tmp")
+      tmp.write_text(config.to_json(indent=2, sort_keys=True))
+      tmp.replace(path)
+      return
+  except (OSError, ValueError) as e:  # Unwritable directory, corrupt JSON.
+    raise RunDirectoryError(
+        f"Cannot use {path} ({type(e).__name__}: {e}). Use another --workdir."
+    ) from e
+  _check_same_run(theirs, config, workdir)
+
+
+STAGE_ONE_FILENAME = "stage_one.json"
+
+
+def bind_stage_one(workdir: str, digest: str) -> None:
+  """Records the digest of a stage one given from Python, or checks it.
+
+  A run whose stage one is not named by its config (`train_and_evaluate`'s
+  `stage_one` argument) keeps its parameters' digest in `stage_one.json`, so
+  that resuming it on other stage-one parameters is refused.
+  """
+  path = epath.Path(workdir) / STAGE_ONE_FILENAME
+  try:
+    if path.exists():
+      theirs = json.loads(path.read_text()).get("params_sha256")
+      if theirs != digest:
+        raise RunDirectoryError(
+            f"{workdir} holds a run on another stage one (parameter digest "
+            f"{str(theirs)[:12]} there, {digest[:12]} here). Use another workdir, "
+            "or pass the stage-one parameters it was trained on.")
+      return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / (STAGE_ONE_FILENAME + ".tmp")
+    tmp.write_text(json.dumps({"params_sha256": digest}))
+    tmp.replace(path)
+  except (OSError, ValueError) as e:
+    raise RunDirectoryError(
+        f"Cannot use {path} ({type(e).__name__}: {e}). Use another workdir.") from e
+
+
+def _check_same_run(theirs: Mapping[str, Any], config, workdir: str) -> None:
+  ours = run_identity(config)
+  differing = sorted(k for k in theirs.keys() | ours.keys()
+                     if theirs.get(k, "<absent>") != ours.get(k, "<absent>"))
+  if differing:
+    key = differing[0]
+    raise RunDirectoryError(
+        f"{workdir} holds a run with a different config: {key} is "
+        f"{theirs.get(key, '<absent>')!r} there but {ours.get(key, '<absent>')!r} "
+        f"here ({len(differing)} key(s) differ). Use another --workdir, or "
+        "rerun with the recorded config to resume."
+    )
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run recorded, with defaults for keys added since (eval, data)."""
+  path = epath.Path(workdir) / CONFIG_FILENAME
+  if not path.exists():
+    raise RunDirectoryError(
+        f"{workdir} is not a run directory: it has no {CONFIG_FILENAME}. "
+        "Pass the --workdir of a run of msdr_jax.main.")
+  try:
+    recorded = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise RunDirectoryError(f"Cannot read {path} ({type(e).__name__}: {e}).") from e
+  eval_config = base_config.eval_config()
+  eval_config.update_from_flattened_dict(
+      {k: v for k, v in flatten(recorded.pop("eval", {})).items()
+       if _has_key(eval_config, k)})
+  config = ml_collections.ConfigDict(recorded)
+  config.eval = eval_config
+  fill_legacy_defaults(config)
+  return config
+
+
+def _has_key(config: ml_collections.ConfigDict, dotted: str) -> bool:
+  node = config
+  for part in dotted.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
+def write_json(path: epath.PathLike, payload: dict[str, Any]) -> None:
+  """Writes `payload` to `path` atomically (a reader sees the old or the new file)."""
+  path = epath.Path(path)
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+  tmp.replace(path)
