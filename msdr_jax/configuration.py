@@ -189,31 +189,11 @@ def _validate_stage_two(config, families, steps) -> None:
         config, f"stage2.optimizer.{key}", float, lambda v: 0 <= v < 1, "in [0, 1)"
     )
   _check_number(config, "stage2.optimizer.eps", float, lambda v: v > 0, "> 0")
-  non_negative = (lambda v: v >= 0, ">= 0")
-  checks = {
-      "vae": [("latent_resolution", int,
-               (lambda v: v in _LATENT_MAP_RESOLUTIONS,
-                f"0 (a vector) or one of the U-Net's resolutions "
-                f"{list(_LATENT_MAP_RESOLUTIONS[1:])}")),
-              ("latent_channels", int, at_least_one), ("beta", float, non_negative),
-              ("kl_warmup_steps", int, non_negative)],
-      "gan": [("latent_dim", int, at_least_one), ("kl_weight", float, non_negative),
-              ("adversarial_weight", float, non_negative)],
-      "gmm": [("num_components", int, (lambda v: v >= 2, ">= 2")),
-              ("min_scale", float, (lambda v: v > 0, "> 0"))],
-      "flow": [("num_levels", int, (lambda v: v >= 2, ">= 2")),
-               ("num_couplings", int, at_least_one),
-               ("hidden_features", int, at_least_one),
-               ("logit_alpha", float, (lambda v: 0 < v < 0.5, "in (0, 0.5)")),
-               ("sample_temperature", float, (lambda v: v > 0, "> 0"))],
-  }
-  for key, kind, (condition, requirement) in checks[family]:
-    _check_number(config, f"stage2.{family}.{key}", kind, condition, requirement)
+  for key, check in families.FAMILIES[family].HYPERPARAMETERS.items():
+    _check_number(config, f"stage2.{family}.{key}", check.kind, check.valid,
+                  check.requirement)
 
 
-# MS-VAE's w: a vector (0) or a map at a level of the stage-two U-Net on
-# 64x64 images (`models/refiner.py`).
-_LATENT_MAP_RESOLUTIONS = (0, 4, 8, 16, 32)
 
 
 def _validate_data(config, data) -> None:

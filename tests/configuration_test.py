@@ -158,3 +158,19 @@ def test_the_evaluation_defaults_are_disentanglement_libs():
   assert config.eval.disentanglement.metrics.split(",") == list(base_config.METRICS)
   assert (config.eval.disentanglement.num_train, config.eval.disentanglement.num_test) == (
       10_000, 5_000)
+
+
+def test_each_family_section_is_its_constructors_schema():
+  """config.stage2.<family> holds exactly the hyperparameters the family checks
+  and its constructor takes, so from_config and validate cannot drift apart."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  from msdr_jax import families  # pylint: disable=import-outside-toplevel
+  config = _tiny_config()
+  for name, family in families.FAMILIES.items():
+    assert family.NAME == name
+    assert sorted(config.stage2[name]) == sorted(family.HYPERPARAMETERS), name
+    fields = {field.name for field in dataclasses.fields(family)}
+    assert set(family.HYPERPARAMETERS) <= fields, name
+    built = family.from_config(config.stage2, (64, 64, 1), "bernoulli")
+    for key in family.HYPERPARAMETERS:
+      assert getattr(built, key) == config.stage2[name][key], (name, key)

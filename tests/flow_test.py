@@ -10,10 +10,10 @@ jax.random: compiling a threefry sampler per new shape costs ~1 s on CPU.
 from __future__ import annotations
 
 import math
-import types
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from scipy import stats
@@ -64,10 +64,10 @@ def _setup(family, batch=2, seed=0, perturb=True):
 
 
 def test_from_config_reads_the_flow_section():
-  stage2 = types.SimpleNamespace(
+  stage2 = ml_collections.ConfigDict(dict(
       conditioning="code",
-      flow=types.SimpleNamespace(num_levels=2, num_couplings=5, hidden_features=16,
-                                 logit_alpha=0.01, sample_temperature=0.8))
+      flow=dict(num_levels=2, num_couplings=5, hidden_features=16, logit_alpha=0.01,
+                sample_temperature=0.8)))
   family = flow.Flow.from_config(stage2, [64, 64, 1], "bernoulli")
   assert family == flow.Flow((64, 64, 1), "code", 2, 5, 16, 0.01, 0.8)
 

@@ -6,11 +6,9 @@ from msdr_jax.families import gan
 from msdr_jax.families import gmm
 from msdr_jax.families import vae
 
-FAMILIES = {
-    "vae": vae.ConditionalVAE,
-    "flow": flow.Flow,
-    "gan": gan.ConditionalGAN,
-    "gmm": gmm.ConditionalGMM,
+FAMILIES: dict[str, type[base.Family]] = {
+    family.NAME: family
+    for family in (vae.ConditionalVAE, flow.Flow, gan.ConditionalGAN, gmm.ConditionalGMM)
 }
 
 # `config.stage2.family = "none"` trains and evaluates stage one only.

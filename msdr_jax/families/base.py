@@ -21,9 +21,11 @@ parameter tree does not depend on it.
 from __future__ import annotations
 
 import abc
-from typing import Any, NamedTuple
+import dataclasses
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 Params = Any
 Metrics = dict[str, jax.Array]
@@ -52,8 +54,51 @@ class Conditioning(NamedTuple):
   image: jax.Array  # [B, H, W, C] y, the decoder mean in [0, 1].
 
 
+class Hyperparameter(NamedTuple):
+  """A key of `config.stage2.<family>`: its type and the range it must lie in."""
+
+  kind: type  # int or float.
+  valid: Callable[[float], bool]
+  requirement: str  # What `valid` asks, as the error message says it.
+
+
+AT_LEAST_ONE = Hyperparameter(int, lambda v: v >= 1, ">= 1")
+NON_NEGATIVE = Hyperparameter(float, lambda v: v >= 0, ">= 0")
+
+
 class Family(abc.ABC):
-  """A conditional generative model p(x | c, w) with latents w."""
+  """A conditional generative model p(x | c, w) with latents w.
+
+  A family is a frozen dataclass whose constructor is its config's schema:
+  `config.stage2.<NAME>` holds exactly the `HYPERPARAMETERS`, checked by
+  `configuration.validate`, and `from_config` passes them to the constructor
+  with what every family may take (`image_shape`, `conditioning`,
+  `likelihood`, `compute_dtype`). Adding a family is its module and one
+  line in `families.FAMILIES` (and its defaults in `base_config`, which
+  loads without JAX).
+  """
+
+  NAME: ClassVar[str]
+  HYPERPARAMETERS: ClassVar[dict[str, Hyperparameter]]
+
+  @classmethod
+  def from_config(
+      cls,
+      stage2_config: Any,
+      image_shape: tuple[int, int, int],
+      likelihood: str,
+      compute_dtype: Any = jnp.float32,
+  ) -> Family:
+    """The family with `config.stage2`'s conditioning and hyperparameters.
+
+    `likelihood` is stage one's, for the families that reconstruct with it.
+    """
+    shared = {"image_shape": tuple(image_shape), "conditioning": stage2_config.conditioning,
+              "likelihood": likelihood, "compute_dtype": compute_dtype}
+    fields = {field.name for field in dataclasses.fields(cls)}
+    hyperparameters = stage2_config[cls.NAME]
+    return cls(**{key: value for key, value in shared.items() if key in fields},
+               **{key: hyperparameters[key] for key in cls.HYPERPARAMETERS})
 
   @abc.abstractmethod
   def init(self, rng: jax.Array, cond: Conditioning, images: jax.Array) -> Params:

@@ -45,30 +45,23 @@ _LOG_2PI = math.log(2.0 * math.pi)
 class Flow(base.Family):
   """MS-Flow with `num_couplings` affine couplings of `hidden_features` width."""
 
+  NAME = "flow"
+  HYPERPARAMETERS = {
+      "num_levels": base.Hyperparameter(int, lambda v: v >= 2, ">= 2"),
+      "num_couplings": base.AT_LEAST_ONE,
+      "hidden_features": base.AT_LEAST_ONE,
+      "logit_alpha": base.Hyperparameter(float, lambda v: 0 < v < 0.5, "in (0, 0.5)"),
+      "sample_temperature": base.Hyperparameter(float, lambda v: v > 0, "> 0"),
+  }
+
   image_shape: tuple[int, int, int]
   conditioning: str
-  num_levels: int = 256
-  num_couplings: int = 8
-  hidden_features: int = 32
-  logit_alpha: float = 0.05
-  sample_temperature: float = 0.5
+  num_levels: int
+  num_couplings: int
+  hidden_features: int
+  logit_alpha: float
+  sample_temperature: float
   compute_dtype: Any = jnp.float32
-
-  @classmethod
-  def from_config(cls, stage2_config, image_shape, likelihood: str,
-                  compute_dtype: Any = jnp.float32):
-    del likelihood  # The flow has its own (exact) likelihood.
-    config = stage2_config.flow
-    return cls(
-        image_shape=tuple(image_shape),
-        conditioning=stage2_config.conditioning,
-        num_levels=config.num_levels,
-        num_couplings=config.num_couplings,
-        hidden_features=config.hidden_features,
-        logit_alpha=config.logit_alpha,
-        sample_temperature=config.sample_temperature,
-        compute_dtype=compute_dtype,
-    )
 
   @property
   def model(self) -> flow_lib.ConditionalFlow:

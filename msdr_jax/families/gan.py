@@ -43,6 +43,13 @@ def _per_image_sum(x: jax.Array) -> jax.Array:
 class ConditionalGAN(base.Family):
   """MS-GAN with `latent_dim` new latents."""
 
+  NAME = "gan"
+  HYPERPARAMETERS = {
+      "latent_dim": base.AT_LEAST_ONE,
+      "kl_weight": base.NON_NEGATIVE,
+      "adversarial_weight": base.NON_NEGATIVE,
+  }
+
   image_shape: tuple[int, int, int]
   conditioning: str
   likelihood: str
@@ -50,19 +57,6 @@ class ConditionalGAN(base.Family):
   kl_weight: float
   adversarial_weight: float
   compute_dtype: Any = jnp.float32
-
-  @classmethod
-  def from_config(cls, stage2_config, image_shape, likelihood: str,
-                  compute_dtype: Any = jnp.float32):
-    return cls(
-        image_shape=tuple(image_shape),
-        conditioning=stage2_config.conditioning,
-        likelihood=likelihood,
-        latent_dim=stage2_config.gan.latent_dim,
-        kl_weight=stage2_config.gan.kl_weight,
-        adversarial_weight=stage2_config.gan.adversarial_weight,
-        compute_dtype=compute_dtype,
-    )
 
   @property
   def encoder(self) -> refiner.ConditionalEncoder:

@@ -74,23 +74,17 @@ class ConditionalMixture(nn.Module):
 class ConditionalGMM(base.Family):
   """MS-GMM with `num_components` residual components."""
 
+  NAME = "gmm"
+  HYPERPARAMETERS = {
+      "num_components": base.Hyperparameter(int, lambda v: v >= 2, ">= 2"),
+      "min_scale": base.Hyperparameter(float, lambda v: v > 0, "> 0"),
+  }
+
   image_shape: tuple[int, int, int]
   conditioning: str
   num_components: int
   min_scale: float
   compute_dtype: Any = jnp.float32
-
-  @classmethod
-  def from_config(cls, stage2_config, image_shape, likelihood: str,
-                  compute_dtype: Any = jnp.float32):
-    del likelihood  # The components are Gaussian whatever stage one used.
-    return cls(
-        image_shape=tuple(image_shape),
-        conditioning=stage2_config.conditioning,
-        num_components=stage2_config.gmm.num_components,
-        min_scale=stage2_config.gmm.min_scale,
-        compute_dtype=compute_dtype,
-    )
 
   @property
   def mixture(self) -> ConditionalMixture:

@@ -41,6 +41,10 @@ from msdr_jax.models import vae as vae_lib
 # The KL weight at step 0, relative to `beta`.
 KL_WARMUP_START = 1e-4
 
+# w: a vector (0) or a map at a level of the stage-two U-Net on 64x64 images
+# (`models/refiner.py`).
+LATENT_MAP_RESOLUTIONS = (0, 4, 8, 16, 32)
+
 
 def kl_weight(beta: float, warmup_steps: int, step: jax.Array | None) -> jax.Array:
   """beta * KL_WARMUP_START ** (1 - step / warmup_steps), and beta from then on."""
@@ -54,6 +58,16 @@ def kl_weight(beta: float, warmup_steps: int, step: jax.Array | None) -> jax.Arr
 class ConditionalVAE(base.Family):
   """MS-VAE with a `latent_resolution`^2 x `latent_channels` map of new latents."""
 
+  NAME = "vae"
+  HYPERPARAMETERS = {
+      "latent_resolution": base.Hyperparameter(
+          int, lambda v: v in LATENT_MAP_RESOLUTIONS,
+          f"0 (a vector) or one of the U-Net's resolutions {list(LATENT_MAP_RESOLUTIONS[1:])}"),
+      "latent_channels": base.AT_LEAST_ONE,
+      "beta": base.NON_NEGATIVE,
+      "kl_warmup_steps": base.Hyperparameter(int, lambda v: v >= 0, ">= 0"),
+  }
+
   image_shape: tuple[int, int, int]
   conditioning: str
   likelihood: str
@@ -62,20 +76,6 @@ class ConditionalVAE(base.Family):
   beta: float
   kl_warmup_steps: int
   compute_dtype: Any = jnp.float32
-
-  @classmethod
-  def from_config(cls, stage2_config, image_shape, likelihood: str,
-                  compute_dtype: Any = jnp.float32):
-    return cls(
-        image_shape=tuple(image_shape),
-        conditioning=stage2_config.conditioning,
-        likelihood=likelihood,
-        latent_resolution=stage2_config.vae.latent_resolution,
-        latent_channels=stage2_config.vae.latent_channels,
-        beta=stage2_config.vae.beta,
-        kl_warmup_steps=stage2_config.vae.kl_warmup_steps,
-        compute_dtype=compute_dtype,
-    )
 
   @property
   def latent_shape(self) -> tuple[int, ...]:
