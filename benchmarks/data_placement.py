@@ -33,7 +33,8 @@ import jax
 import numpy as np
 
 from msdr_jax import base_config
-from msdr_jax import train
+from msdr_jax import stage_one as stage_one_lib
+from msdr_jax import steps
 from msdr_jax.data import arrays
 from msdr_jax.data import dsprites
 
@@ -102,7 +103,10 @@ def main(argv):
   packed = np.packbits(images.reshape(len(images), -1), axis=-1)
   del images
   shape = (64, 64, 1)
-  train_step = train.make_train_step(config.stage1, shape, dsprites.DSprites().num_images)
+  stage_one = stage_one_lib.DisentanglingVAE.from_config(
+      config.stage1, shape, dsprites.DSprites().num_images)
+  train_step = steps.make_train_step(stage_one.loss)
+  optimizer = steps.make_optimizer(config.stage1.optimizer)
   paths = {
       "procedural": (_in_step_iteration(config, train_step, dsprites.DSprites()), 0),
       "device": (_in_step_iteration(config, train_step, on_device), on_device.nbytes),
@@ -112,7 +116,7 @@ def main(argv):
   rng = jax.random.PRNGKey(1)
   states, times = {}, {name: [] for name in paths}
   for name, (run, _) in paths.items():  # Compile and warm up.
-    state = train.create_train_state(config.stage1, shape, jax.random.PRNGKey(0))
+    state = steps.create_train_state(stage_one.init, optimizer, jax.random.PRNGKey(0))
     states[name], _ = _time_round(run, state, rng, 2, 0)
   for round_index in range(_ROUNDS.value):
     for name, (run, _) in paths.items():

@@ -30,10 +30,10 @@ import numpy as np
 from benchmarks import reference_metrics
 from configs import dsprites
 from msdr_jax import base_config
+from msdr_jax import checkpoints
 from msdr_jax import data
-from msdr_jax import train
+from msdr_jax import stage_one as stage_one_lib
 from msdr_jax.metrics import suite
-from msdr_jax.models import vae
 
 _NUM_TRAIN = flags.DEFINE_integer("num_train", 10_000, "Points (and votes) to train on.")
 _NUM_TEST = flags.DEFINE_integer("num_test", 5_000, "Points (and votes) to test on.")
@@ -63,9 +63,10 @@ def _representation(config, dataset):
   if not _WORKDIR.value:
     return "image moments (10 latents)", image_moments
   config.stage1.checkpoint = _WORKDIR.value
-  params, step = train.load_stage_one(config, dataset.observation_shape)
-  model = vae.model_from_config(config.stage1.model, dataset.observation_shape)
-  encode = lambda images: model.apply({"params": params}, images, method=vae.VAE.encode)[0]
+  stage_one = stage_one_lib.DisentanglingVAE.from_config(
+      config.stage1, dataset.observation_shape)
+  params, step = checkpoints.load_stage_one(config, stage_one)
+  encode = lambda images: stage_one.encode(params, images)[0]
   return f"stage one of {_WORKDIR.value} (step {step})", encode
 
 

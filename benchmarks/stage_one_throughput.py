@@ -25,7 +25,8 @@ import jax
 
 from configs import dsprites
 from msdr_jax import data
-from msdr_jax import train
+from msdr_jax import stage_one as stage_one_lib
+from msdr_jax import steps
 from msdr_jax.models import architectures
 
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Images per step.")
@@ -61,9 +62,10 @@ def _layers(implementation):
 
 
 def _make_iteration(config, dataset):
-  """The training loop's compiled body (see train.train_stage_one)."""
-  shape = dataset.observation_shape
-  train_step = train.make_train_step(config.stage1, shape, dataset.num_images)
+  """The training loop's compiled body (see train.train_stage)."""
+  stage_one = stage_one_lib.DisentanglingVAE.from_config(
+      config.stage1, dataset.observation_shape, dataset.num_images)
+  train_step = steps.make_train_step(stage_one.loss)
 
   @functools.partial(jax.jit, donate_argnums=0)
   def iteration(state, rng):
@@ -71,7 +73,8 @@ def _make_iteration(config, dataset):
     images, _ = dataset.sample(data_rng, config.batch_size)
     return train_step(state, images, model_rng)
 
-  state = train.create_train_state(config.stage1, shape, jax.random.PRNGKey(0))
+  state = steps.create_train_state(
+      stage_one.init, steps.make_optimizer(config.stage1.optimizer), jax.random.PRNGKey(0))
   return iteration, state
 
 

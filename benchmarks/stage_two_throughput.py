@@ -22,7 +22,9 @@ import jax
 
 from configs import dsprites
 from msdr_jax import data
-from msdr_jax import train
+from msdr_jax import multi_stage
+from msdr_jax import stage_one as stage_one_lib
+from msdr_jax import steps
 
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Images per step.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per round.")
@@ -32,8 +34,9 @@ _FAMILIES = flags.DEFINE_list("families", ["vae", "flow", "gan", "gmm"],
 
 
 def _stage_one_iteration(config, dataset):
-  shape = dataset.observation_shape
-  train_step = train.make_train_step(config.stage1, shape, dataset.num_images)
+  stage_one = stage_one_lib.DisentanglingVAE.from_config(
+      config.stage1, dataset.observation_shape, dataset.num_images)
+  train_step = steps.make_train_step(stage_one.loss)
 
   @functools.partial(jax.jit, donate_argnums=0)
   def iteration(state, rng):
@@ -41,14 +44,17 @@ def _stage_one_iteration(config, dataset):
     images, _ = dataset.sample(data_rng, config.batch_size)
     return train_step(state, images, model_rng)
 
-  state = train.create_train_state(config.stage1, shape, jax.random.PRNGKey(0))
+  state = steps.create_train_state(
+      stage_one.init, steps.make_optimizer(config.stage1.optimizer), jax.random.PRNGKey(0))
   return iteration, state
 
 
 def _stage_two_iteration(config, dataset, stage1_params):
-  """The body of train.train_stage_two's loop."""
-  shape = dataset.observation_shape
-  train_step = train.make_stage_two_train_step(config, shape)
+  """The body of train.train_stage's loop for stage two."""
+  stage_one = stage_one_lib.DisentanglingVAE.from_config(
+      config.stage1, dataset.observation_shape)
+  model = multi_stage.MultiStageModel.from_config(config, stage_one)
+  train_step = steps.make_train_step(model.loss)
 
   @functools.partial(jax.jit, donate_argnums=0)
   def iteration(state, rng):
@@ -56,7 +62,9 @@ def _stage_two_iteration(config, dataset, stage1_params):
     images, _ = dataset.sample(data_rng, config.batch_size)
     return train_step(state, stage1_params, images, model_rng)
 
-  state = train.create_stage_two_state(config, shape, stage1_params, jax.random.PRNGKey(1))
+  state = steps.create_train_state(
+      model.init, steps.make_optimizer(config.stage2.optimizer), jax.random.PRNGKey(1),
+      stage1_params)
   return iteration, state
 
 

@@ -1,8 +1,8 @@
 r"""Time to build the training states, by how their initialisation is compiled.
 
-`msdr_jax.train` builds each stage's initial state (parameters and optimizer
+`msdr_jax.steps` builds each stage's initial state (parameters and optimizer
 state) as one jitted program that runs once, compiled on XLA:CPU without
-LLVM's optimisation passes (`train._jit_run_once`). This script measures that
+LLVM's optimisation passes (`steps.jit_run_once`). This script measures that
 choice against the two alternatives, each in a fresh process with no
 compilation cache, side by side in one run:
 
@@ -37,25 +37,33 @@ _CHILD = r"""
 import sys, time
 import jax
 from configs import dsprites
-from msdr_jax import train
+from msdr_jax import multi_stage
+from msdr_jax import stage_one as stage_one_lib
+from msdr_jax import steps
 
 mode, family = sys.argv[1], sys.argv[2]
 if mode == "eager":
-  train._jit_run_once = lambda fn: fn
+  steps.jit_run_once = lambda fn: fn
 elif mode == "jit":
-  train._jit_run_once = jax.jit
+  steps.jit_run_once = jax.jit
 config = dsprites.get_config("preset=tiny")
 shape = (64, 64, 1)
 rng = jax.random.PRNGKey(0)
 if family == "stage1":
   start = time.perf_counter()
-  state = train.create_train_state(config.stage1, shape, rng)
+  stage_one = stage_one_lib.DisentanglingVAE.from_config(config.stage1, shape)
+  state = steps.create_train_state(
+      stage_one.init, steps.make_optimizer(config.stage1.optimizer), rng)
 else:
   config.stage2.family = family
-  stage1 = train.create_train_state(config.stage1, shape, rng).params
+  stage_one = stage_one_lib.DisentanglingVAE.from_config(config.stage1, shape)
+  stage1 = steps.create_train_state(
+      stage_one.init, steps.make_optimizer(config.stage1.optimizer), rng).params
   jax.block_until_ready(stage1)
   start = time.perf_counter()
-  state = train.create_stage_two_state(config, shape, stage1, rng)
+  model = multi_stage.MultiStageModel.from_config(config, stage_one)
+  state = steps.create_train_state(
+      model.init, steps.make_optimizer(config.stage2.optimizer), rng, stage1)
 jax.block_until_ready(state)
 print(time.perf_counter() - start)
 """

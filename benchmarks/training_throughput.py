@@ -4,7 +4,7 @@ For stage one and each stage-two family, at each batch size, times two
 compiled programs of the same work on the paper-scale dSprites config (the
 batch rendered procedurally inside the step):
 
-  sharded -- what the training loop runs: `train.make_train_iteration` over
+  sharded -- what the training loop runs: `steps.make_train_iteration` over
              `parallel.data_mesh()` (every device), state, frozen stage-one
              parameters and data set replicated with `parallel.replicate`,
              the batch split over the `data` axis.
@@ -42,8 +42,10 @@ import jax
 
 from msdr_jax import base_config
 from msdr_jax import data
+from msdr_jax import multi_stage
 from msdr_jax import parallel
-from msdr_jax import train
+from msdr_jax import stage_one as stage_one_lib
+from msdr_jax import steps
 
 _MODELS = ("stage1", "vae", "flow", "gan", "gmm")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["64", "256"], "Images per step.")
@@ -53,7 +55,7 @@ _MODELS_FLAG = flags.DEFINE_list(
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating timing rounds.")
 _COMPUTE_DTYPE = flags.DEFINE_enum(
-    "compute_dtype", "float32", sorted(train.COMPUTE_DTYPES),
+    "compute_dtype", "float32", sorted(steps.COMPUTE_DTYPES),
     "What the networks compute in (config.compute_dtype).")
 _WARMUP_STEPS = 2
 
@@ -196,22 +198,25 @@ def _programs(model, batch_size, base, dataset, stage1_params, mesh):
   config = base.copy_and_resolve_references()
   config.batch_size = batch_size
   shape = dataset.observation_shape
-  compute_dtype = train.COMPUTE_DTYPES[_COMPUTE_DTYPE.value]
+  compute_dtype = steps.COMPUTE_DTYPES[_COMPUTE_DTYPE.value]
+  stage_one = stage_one_lib.DisentanglingVAE.from_config(
+      config.stage1, shape, dataset.num_images, compute_dtype)
   if model == "stage1":
-    init_rng, train_rng, _ = train.rng_streams(config.seed)
-    train_step = train.make_train_step(config.stage1, shape, dataset.num_images,
-                                       compute_dtype=compute_dtype)
-    new_state = lambda: train.create_train_state(config.stage1, shape, init_rng)
+    init_rng, train_rng, _ = steps.rng_streams(config.seed)
+    stage = stage_one
+    optimizer = steps.make_optimizer(config.stage1.optimizer)
     frozen = ()
   else:
     config.stage2.family = model
-    init_rng, train_rng, _ = train.rng_streams(config.seed, stage=2)
-    train_step = train.make_stage_two_train_step(config, shape, compute_dtype=compute_dtype)
-    new_state = lambda: train.create_stage_two_state(config, shape, stage1_params, init_rng)
+    init_rng, train_rng, _ = steps.rng_streams(config.seed, stage=2)
+    stage = multi_stage.MultiStageModel.from_config(config, stage_one, compute_dtype)
+    optimizer = steps.make_optimizer(config.stage2.optimizer)
     frozen = (stage1_params,)
+  train_step = steps.make_train_step(stage.loss)
+  new_state = lambda: steps.create_train_state(stage.init, optimizer, init_rng, *frozen)
 
   sharded = _Program(
-      train.make_train_iteration(train_step, batch_size, train_rng, mesh),
+      steps.make_train_iteration(train_step, batch_size, train_rng, mesh),
       parallel.replicate(new_state(), mesh), parallel.replicate(frozen, mesh),
       parallel.replicate(dataset, mesh))
   device = jax.devices()[0]
@@ -238,8 +243,9 @@ def main(argv):
   base = base_config.get_config("preset=paper", "dsprites", "procedural")
   dataset = data.get_dataset(base.data)
   shape = dataset.observation_shape
-  stage1_params = train.create_train_state(
-      base.stage1, shape, train.rng_streams(base.seed)[0]).params
+  stage1_params = steps.create_train_state(
+      stage_one_lib.DisentanglingVAE.from_config(base.stage1, shape).init,
+      steps.make_optimizer(base.stage1.optimizer), steps.rng_streams(base.seed)[0]).params
 
   runs = {}
   for batch_size in batch_sizes:

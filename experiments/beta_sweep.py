@@ -20,7 +20,7 @@ evaluation finished is not redone, so an interrupted study resumes where it
 stopped when the same command is rerun (with the same --workdir string:
 stage-two runs record their stage one's path); a run directory that holds
 another config, or a stage two that the rerun could only corrupt, is refused
-(`configuration.RunDirectoryError`).
+(`run_directory.RunDirectoryError`).
 
 `--budget` picks the scale:
   cpu   -- both data sets on a 2-core CPU in about 1.5 hours (aimed at one;

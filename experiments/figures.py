@@ -30,13 +30,13 @@ import ml_collections  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from experiments import results  # pylint: disable=g-import-not-at-top
+from msdr_jax import checkpoints as checkpoints_lib  # pylint: disable=g-import-not-at-top
 from msdr_jax import data  # pylint: disable=g-import-not-at-top
 from msdr_jax import evaluation  # pylint: disable=g-import-not-at-top
 from msdr_jax import families  # pylint: disable=g-import-not-at-top
 from msdr_jax import losses  # pylint: disable=g-import-not-at-top
 from msdr_jax import multi_stage  # pylint: disable=g-import-not-at-top
 from msdr_jax import stage_one as stage_one_lib  # pylint: disable=g-import-not-at-top
-from msdr_jax import train  # pylint: disable=g-import-not-at-top
 from msdr_jax import visualize  # pylint: disable=g-import-not-at-top
 
 _NUM_SHOWN = 8
@@ -138,8 +138,8 @@ def model_figures(configs: Mapping[str, ml_collections.ConfigDict],
     stage_one_config.stage1.checkpoint = str(run_root / "stage1")
   dataset = data.get_dataset(stage_one_config.data)
   shape = dataset.observation_shape
-  stage1_params, _ = train.load_stage_one(stage_one_config, shape)
-  stage_one = stage_one_lib.StageOne.from_config(stage_one_config, shape)
+  stage_one = stage_one_lib.DisentanglingVAE.from_config(stage_one_config.stage1, shape)
+  stage1_params, _ = checkpoints_lib.load_stage_one(stage_one_config, stage_one)
 
   images, _ = dataset.sample(jax.random.PRNGKey(_FIGURE_KEY), _NUM_SHOWN)
   # Each computation jitted: run eagerly, every operation would compile alone.
@@ -160,10 +160,11 @@ def model_figures(configs: Mapping[str, ml_collections.ConfigDict],
   for name, config in configs.items():
     if name == families.NO_STAGE_TWO:
       continue
-    loaded = train.load_stage_two(config, str(run_root / name), shape, stage1_params)
+    model = multi_stage.MultiStageModel.from_config(
+        config, stage_one_lib.DisentanglingVAE.from_config(config.stage1, shape))
+    loaded = checkpoints_lib.load_stage_two(config, str(run_root / name), model, stage1_params)
     if loaded is None:
       raise FileNotFoundError(f"{run_root / name} holds no stage-two checkpoint.")
-    model = multi_stage.MultiStageModel.from_config(config, shape)
     params = {"stage1": stage1_params, "stage2": loaded[0]}
     reconstructions[f"MS-{name.upper()}"] = jax.jit(model.reconstruct)(params, images)
     traversals[f"MS-{name.upper()} (w fixed)"] = jax.jit(model.traverse)(

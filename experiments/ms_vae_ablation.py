@@ -1,7 +1,7 @@
 r"""How fast MS-VAE starts to use w: the ablation behind its defaults.
 
 Trains MS-VAE variants on one frozen stage one with the library's own
-stage-two train step (`train.make_stage_two_train_step`, dSprites rendered
+stage-two train step (`steps.make_train_step`, dSprites rendered
 on the device, the quick preset's batch 64 and learning rate 5e-4) and
 scores each every `--eval_every` steps on the same 1,000 images:
 
@@ -36,12 +36,13 @@ import ml_collections
 import numpy as np
 
 from configs import dsprites as dsprites_config
+from msdr_jax import checkpoints
 from msdr_jax import data
 from msdr_jax import multi_stage
 from msdr_jax import parallel
 from msdr_jax import pytorch_import
 from msdr_jax import stage_one as stage_one_lib
-from msdr_jax import train
+from msdr_jax import steps as steps_lib
 from msdr_jax.metrics import fidelity as fidelity_lib
 
 VARIANTS = {
@@ -91,16 +92,17 @@ def run_variant(checkpoint: str, variant: str, steps: int, eval_every: int,
   config = variant_config(checkpoint, variant, preset)
   dataset = data.get_dataset(config.data)
   shape = dataset.observation_shape
-  stage_one = stage_one_lib.StageOne.from_config(config, shape)
-  stage1_params, _ = train.load_stage_one(config, shape)
-  model = multi_stage.MultiStageModel.from_config(config, shape, stage_one=stage_one)
-  init_rng, train_rng, eval_rng = train.rng_streams(config.seed, stage=2)
+  stage_one = stage_one_lib.DisentanglingVAE.from_config(config.stage1, shape)
+  stage1_params, _ = checkpoints.load_stage_one(config, stage_one)
+  model = multi_stage.MultiStageModel.from_config(config, stage_one)
+  init_rng, train_rng, eval_rng = steps_lib.rng_streams(config.seed, stage=2)
   mesh = parallel.data_mesh()
   state = parallel.replicate(
-      train.create_stage_two_state(config, shape, stage1_params, init_rng, stage_one), mesh)
-  iteration = train.make_train_iteration(
-      train.make_stage_two_train_step(config, shape, stage_one=stage_one),
-      config.batch_size, train_rng, mesh)
+      steps_lib.create_train_state(
+          model.init, steps_lib.make_optimizer(config.stage2.optimizer), init_rng,
+          stage1_params), mesh)
+  iteration = steps_lib.make_train_iteration(
+      steps_lib.make_train_step(model.loss), config.batch_size, train_rng, mesh)
   frozen = parallel.replicate((stage1_params,), mesh)
   dataset = parallel.replicate(dataset, mesh)
   data_rng, sample_rng = jax.random.split(eval_rng)

@@ -59,6 +59,7 @@ from experiments import runs
 from msdr_jax import configuration
 from msdr_jax import families
 from msdr_jax import pytorch_import
+from msdr_jax import run_directory
 from msdr_jax import writers
 
 # The study's verdict: the best family's MSE at least this much lower than
@@ -437,7 +438,7 @@ def main(argv):
   try:
     rows = run_study(FLAGS.checkpoints, FLAGS.workdir, names, models, budget, preset,
                      train=not FLAGS.report_finished)
-  except configuration.RunDirectoryError as e:
+  except run_directory.RunDirectoryError as e:
     print(f"pretrained_study: error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
   seconds = time.time() - start

@@ -15,9 +15,9 @@ from absl import logging
 from etils import epath
 import ml_collections
 
-from msdr_jax import configuration
 from msdr_jax import families
 from msdr_jax import pytorch_import
+from msdr_jax import run_directory
 from msdr_jax import train
 from msdr_jax import writers
 
@@ -37,11 +37,11 @@ def stage_one_step(config: ml_collections.ConfigDict) -> int:
 def finished_metrics(config: ml_collections.ConfigDict, workdir: epath.Path):
   """The metrics of a finished run in `workdir`, or None if it must (re)run.
 
-  Refuses (`configuration.RunDirectoryError`) a directory of another config,
+  Refuses (`run_directory.RunDirectoryError`) a directory of another config,
   and a stage two that a rerun could only corrupt: one trained on another
   stage one, or beyond the study's stage-two steps.
   """
-  configuration.check_workdir(config, str(workdir))
+  run_directory.check_workdir(config, str(workdir))
   path = workdir / "metrics.json"
   if not path.exists():
     return None
@@ -52,14 +52,14 @@ def finished_metrics(config: ml_collections.ConfigDict, workdir: epath.Path):
   # A stage-two run records the step of the stage one it was trained on
   # (its stage-one evaluation is written before stage two trains).
   if metrics.get("step") != stage1_steps:
-    raise configuration.RunDirectoryError(
+    raise run_directory.RunDirectoryError(
         f"{workdir} holds a stage two trained on stage one at step "
         f"{metrics.get('step')}, but the study's stage one now has {stage1_steps} "
         f"steps. Delete {workdir} to retrain it on the new stage one, or use "
         "another --workdir.")
   trained = metrics.get("stage2_step")
   if trained is not None and trained > stage2_steps:
-    raise configuration.RunDirectoryError(
+    raise run_directory.RunDirectoryError(
         f"{workdir} holds a stage two trained for {trained} steps, more than the "
         f"study's {stage2_steps}. Pass --stage2_steps={trained}, or use another "
         "--workdir.")
