@@ -32,7 +32,6 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from experiments import results  # pylint: disable=g-import-not-at-top
 from msdr_jax import checkpoints as checkpoints_lib  # pylint: disable=g-import-not-at-top
 from msdr_jax import data  # pylint: disable=g-import-not-at-top
-from msdr_jax import evaluation  # pylint: disable=g-import-not-at-top
 from msdr_jax import families  # pylint: disable=g-import-not-at-top
 from msdr_jax import losses  # pylint: disable=g-import-not-at-top
 from msdr_jax import multi_stage  # pylint: disable=g-import-not-at-top
@@ -41,6 +40,8 @@ from msdr_jax import visualize  # pylint: disable=g-import-not-at-top
 
 _NUM_SHOWN = 8
 _FIGURE_KEY = 2**21  # Images of the figures; any fixed key would do.
+# One program (stage one is a frozen dataclass: a static argument).
+_traverse_stage_one = jax.jit(stage_one_lib.traverse, static_argnums=0)
 
 
 def _series(rows, data_name: str, model: str, key: str):
@@ -155,7 +156,7 @@ def model_figures(configs: Mapping[str, ml_collections.ConfigDict],
     active = np.arange(code.shape[-1])
 
   reconstructions = {"input": images, "stage one": decode(code)}
-  traversals = {"stage one": evaluation.traversals(stage_one, stage1_params, code[0],
+  traversals = {"stage one": _traverse_stage_one(stage_one, stage1_params, code[0],
                                                    values)[active]}
   for name, config in configs.items():
     if name == families.NO_STAGE_TWO:

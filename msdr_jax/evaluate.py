@@ -28,12 +28,11 @@ import ml_collections
 from msdr_jax import checkpoints
 from msdr_jax import configuration
 from msdr_jax import data
-from msdr_jax import evaluation
+from msdr_jax import evaluators
 from msdr_jax import families
 from msdr_jax import multi_stage
 from msdr_jax import run_directory
 from msdr_jax import stage_one as stage_one_lib
-from msdr_jax import steps
 from msdr_jax import writers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run directory to evaluate.")
@@ -67,23 +66,26 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       config.stage1, dataset.observation_shape)
   stage1_params, stage1_step = checkpoints.load_stage_one(loading, stage_one)
   logging.info("Evaluating stage one (step %d) of %s.", stage1_step, stage_one_source)
-  stage1_key = steps.rng_streams(config.seed)[2]
   with writers.MetricWriter(workdir) as writer:
-    results = evaluation.evaluate_stage_one(
-        config, workdir, dataset, stage1_params, stage1_step, stage1_key, writer,
-        stage_one)
-    if config.stage2.family == families.NO_STAGE_TWO:
-      return results
-    model = multi_stage.MultiStageModel.from_config(config, stage_one)
-    stage_two = checkpoints.load_stage_two(config, workdir, model, stage1_params)
-    if stage_two is None:
+    evaluations = [evaluators.stage_one.evaluate(
+        config, dataset, stage_one, stage1_params, stage1_step)]
+    writers.write_evaluation(workdir, writer, evaluations[0])
+    has_stage_two = config.stage2.family != families.NO_STAGE_TWO
+    if has_stage_two:
+      model = multi_stage.MultiStageModel.from_config(config, stage_one)
+      stage_two = checkpoints.load_stage_two(config, workdir, model, stage1_params)
+    if has_stage_two and stage_two is not None:
+      params, step = stage_two
+      evaluations.append(evaluators.multi_stage.evaluate(
+          config, dataset, model, {"stage1": stage1_params, "stage2": params}, step,
+          evaluations[0].active, evaluations[0].scores.get("mig")))
+      writers.write_evaluation(workdir, writer, evaluations[1])
+    elif has_stage_two:
       logging.warning("%s holds no stage-two checkpoint; evaluated stage one only.",
                       workdir)
-      return results
-    params, step = stage_two
-    return evaluation.evaluate_multi_stage(
-        config, workdir, dataset, model, {"stage1": stage1_params, "stage2": params},
-        step, stage1_key, steps.rng_streams(config.seed, stage=2)[2], writer, results)
+  results = {key: value for e in evaluations for key, value in e.scores.items()}
+  run_directory.write_json(epath.Path(workdir) / run_directory.METRICS_FILENAME, results)
+  return results
 
 
 def main(argv):

@@ -3,7 +3,7 @@ r"""Reconstruction and sample-quality metrics for images in [0, 1].
 Reconstruction (per image, batched over the leading axis; JAX):
 
 * `bernoulli_cross_entropy`, `squared_error`: summed over pixels, the
-  convention of `losses` and `evaluation`;
+  convention of `losses` and `evaluators`;
 * `psnr`: from the per-pixel mean squared error, capped at 100 dB;
 * `ssim`: Wang et al. (2004) with the constants of `tf.image.ssim`;
 * `reconstruction_metrics`: their means over a batch.
@@ -216,7 +216,7 @@ def reconstruction_metrics(images: jax.Array,
 
   Returns:
     {"bce": `bernoulli_cross_entropy` (nats per image), "mse":
-    `squared_error` (summed over an image's pixels, like `evaluation`'s
+    `squared_error` (summed over an image's pixels, like the evaluators'
     reconstruction_mse), "psnr": `psnr` (dB), "ssim": `ssim`}, each the mean
     over the N images.
   """

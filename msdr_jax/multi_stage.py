@@ -156,11 +156,8 @@ class MultiStageModel:
       [K, V, H, W, C] images.
     """
     code, latent = self.encode(params, image[None])
-    num_latents, steps = code.shape[-1], len(values)
-    codes = jnp.tile(code, (num_latents, steps, 1))
-    rows = jnp.arange(num_latents)
-    codes = codes.at[rows, :, rows].set(values[None, :]).reshape(-1, num_latents)
-    latents = jnp.repeat(latent, num_latents * steps, axis=0)
+    codes = stage_one_lib.traversal_codes(code[0], values)
+    latents = jnp.repeat(latent, len(codes), axis=0)
     images = self.decode(params, codes, latents)
-    return images.reshape(num_latents, steps, *image.shape)
+    return images.reshape(code.shape[-1], len(values), *image.shape)
 

@@ -202,6 +202,24 @@ class DisentanglingVAE:
     return self.network.apply({"params": params}, codes, method=vae.VAE.decode)
 
 
+def traversal_codes(code: jax.Array, values: jax.Array) -> jax.Array:
+  """[K * V, K]: `code` [K] with latent j set to each of `values` [V], j by j.
+
+  The one sweep behind every traversal figure, stage one's and the combined
+  model's (`multi_stage.MultiStageModel.traverse`).
+  """
+  num_latents = code.shape[-1]
+  codes = jnp.tile(code, (num_latents, len(values), 1))
+  rows = jnp.arange(num_latents)
+  return codes.at[rows, :, rows].set(values[None, :]).reshape(-1, num_latents)
+
+
+def traverse(stage_one, params: Params, code: jax.Array, values: jax.Array) -> jax.Array:
+  """[K, V, H, W, C] mean images of `traversal_codes(code, values)`."""
+  logits = stage_one.decode(params, traversal_codes(code, values))
+  return losses.decoder_mean(logits).reshape(code.shape[-1], len(values), *logits.shape[1:])
+
+
 def params_digest(params: Params) -> str:
   """SHA-256 of a parameter pytree: its paths, shapes, dtypes and values.
 

@@ -20,6 +20,7 @@ import time
 from typing import Any, Callable
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -29,7 +30,7 @@ import orbax.checkpoint as ocp
 from msdr_jax import checkpoints
 from msdr_jax import configuration
 from msdr_jax import data
-from msdr_jax import evaluation
+from msdr_jax import evaluators
 from msdr_jax import families
 from msdr_jax import multi_stage
 from msdr_jax import parallel
@@ -171,8 +172,8 @@ def _check_given_stage_one(config, stage_one, stage1_params, image_shape) -> Non
 
 def _train_and_evaluate_stage_two(
     config, workdir, stage_one, eval_stage_one, stage1_params, train_data, dataset,
-    writer, mesh, stage1_results,
-) -> dict[str, Any]:
+    writer, mesh, stage1_evaluation,
+) -> evaluators.Evaluation | None:
   """Trains stage two on the frozen stage one, then evaluates the whole model."""
   start = time.time()
   compute_dtype = steps.COMPUTE_DTYPES[config.compute_dtype]
@@ -184,12 +185,12 @@ def _train_and_evaluate_stage_two(
   stage2_step = int(state.step)
   del state
   if not parallel.is_main_process():
-    return stage1_results
-  eval_model = multi_stage.MultiStageModel.from_config(config, eval_stage_one)
-  return evaluation.evaluate_multi_stage(
-      config, workdir, dataset, eval_model, params, stage2_step,
-      steps.rng_streams(config.seed)[2], steps.rng_streams(config.seed, stage=2)[2],
-      writer, stage1_results)
+    return None
+  evaluation = evaluators.multi_stage.evaluate(
+      config, dataset, multi_stage.MultiStageModel.from_config(config, eval_stage_one),
+      params, stage2_step, stage1_evaluation.active, stage1_evaluation.scores.get("mig"))
+  writers.write_evaluation(workdir, writer, evaluation)
+  return evaluation
 
 
 def train_and_evaluate(
@@ -267,15 +268,23 @@ def train_and_evaluate(
     # --- Evaluate stage one: on one device of the first process, on host
     # copies of the parameters; the other processes go on to stage two and
     # wait for it at stage two's first step.
-    results = {}
+    evaluations = []
     if main_process:
-      results = evaluation.evaluate_stage_one(
-          config, workdir, dataset, stage1_params, stage1_step,
-          steps.rng_streams(config.seed)[2], writer, eval_stage_one)
+      evaluations.append(evaluators.stage_one.evaluate(
+          config, dataset, eval_stage_one, stage1_params, stage1_step))
+      writers.write_evaluation(workdir, writer, evaluations[-1])
+
     # --- Stage two on the frozen stage one, and the multi-stage evaluation.
     if config.stage2.family != families.NO_STAGE_TWO:
-      results = _train_and_evaluate_stage_two(
+      multi = _train_and_evaluate_stage_two(
           config, workdir, stage_one, eval_stage_one, stage1_params, train_data,
-          dataset, writer, mesh, results)
+          dataset, writer, mesh, evaluations[0] if main_process else None)
+      evaluations += [multi] if multi else []
+
+  # --- Write metrics.json, once: every evaluation's scores.
+  results = {key: value for e in evaluations for key, value in e.scores.items()}
+  if main_process:
+    run_directory.write_json(epath.Path(workdir) / run_directory.METRICS_FILENAME,
+                             results)
   parallel.sync_processes("msdr_jax: evaluation done")
   return results

@@ -1,4 +1,4 @@
-"""Logging: TensorBoard scalars and images, and human-readable progress."""
+"""What a run shows: TensorBoard scalars and images, evaluation figures, progress."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ import time
 from typing import Any, Mapping, Sequence
 
 from absl import logging
+from etils import epath
 import numpy as np
 import tensorboardX
+
+from msdr_jax import visualize
 
 
 class _HideLibraryInfo(std_logging.Filter):
@@ -59,6 +62,17 @@ class MetricWriter:
 
   def __exit__(self, *exc_info) -> None:
     self.close()
+
+
+def write_evaluation(workdir: str, writer: MetricWriter, evaluation: Any) -> None:
+  """Saves an `evaluators.Evaluation`: its figures as `<name>.png` in `workdir`
+  and in TensorBoard, its float scores as `eval/<key>` scalars."""
+  for name, grid in evaluation.figures.items():
+    visualize.save_png(epath.Path(workdir) / f"{name}.png", grid)
+    writer.write_image(evaluation.step, f"{evaluation.tag}/{name}", grid)
+  writer.write_scalars(evaluation.step, {
+      f"eval/{key}": value for key, value in evaluation.scores.items()
+      if isinstance(value, float)})
 
 
 def scalar_summary(
