@@ -67,6 +67,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   from msdr_jax import families  # pylint: disable=g-import-not-at-top
   from msdr_jax import losses  # pylint: disable=g-import-not-at-top
   from msdr_jax import steps  # pylint: disable=g-import-not-at-top
+  from msdr_jax.models import conditioning as conditioning_lib  # pylint: disable=g-import-not-at-top
   from msdr_jax.models import architectures  # pylint: disable=g-import-not-at-top
 
   positive = (lambda v: v > 0, "> 0")
@@ -89,19 +90,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("beta", "alpha", "gamma"):
     _check_number(config, f"stage1.objective.{key}", float, *non_negative)
   _check_choice(config, "stage1.objective.tc_estimator", losses.TC_ESTIMATORS)
-  _check_choice(config, "stage1.optimizer.name", steps.OPTIMIZERS)
-  _check_number(config, "stage1.optimizer.learning_rate", float, *positive)
-  for key in ("b1", "b2"):
-    _check_number(
-        config, f"stage1.optimizer.{key}", float, lambda v: 0 <= v < 1, "in [0, 1)"
-    )
-  _check_number(config, "stage1.optimizer.eps", float, *positive)
+  _validate_optimizer(config, "stage1", steps.OPTIMIZERS)
   _check_number(config, "stage1.num_steps", int, *at_least_one)
   checkpoint = _get(config, "stage1.checkpoint")
   if not isinstance(checkpoint, str):
     raise ConfigError(
         f"config.stage1.checkpoint={checkpoint!r} must be a path (or empty).")
-  _validate_stage_two(config, families, steps)
+  _validate_stage_two(
+      config, families, steps.OPTIMIZERS, conditioning_lib.CONDITIONINGS)
   # The total-correlation estimators compare each sample with the others.
   _check_number(config, "batch_size", int, lambda v: v >= 2, ">= 2")
   for key in ("log_every_steps", "checkpoint_every_steps", "max_checkpoints_to_keep"):
@@ -167,33 +163,34 @@ def _validate_evaluation(config) -> None:
           "machine), or use --config.eval.sample_quality.feature_extractor=random_conv.")
 
 
-def _validate_stage_two(config, families, steps) -> None:
+def _validate_optimizer(config, stage: str, optimizers) -> None:
+  _check_choice(config, f"{stage}.optimizer.name", optimizers)
+  _check_number(config, f"{stage}.optimizer.learning_rate", float, lambda v: v > 0, "> 0")
+  for key in ("b1", "b2"):
+    _check_number(
+        config, f"{stage}.optimizer.{key}", float, lambda v: 0 <= v < 1, "in [0, 1)")
+  _check_number(config, f"{stage}.optimizer.eps", float, lambda v: v > 0, "> 0")
+
+
+def _validate_stage_two(config, families, optimizers, conditionings) -> None:
   at_least_one = (lambda v: v >= 1, ">= 1")
   _check_choice(config, "stage2.family", [*families.FAMILIES, families.NO_STAGE_TWO])
   family = config.stage2.family
   if family == families.NO_STAGE_TWO:
     return  # With config.stage1.checkpoint: evaluate that stage one only.
   conditioning = _get(config, "stage2.conditioning")
-  if conditioning not in families.base.CONDITIONINGS:
+  if conditioning not in conditionings:
     raise ConfigError(
         f"config.stage2.conditioning={conditioning!r} is unknown; choose one of "
-        f"{list(families.base.CONDITIONINGS)}. Stage two must see z (through "
+        f"{list(conditionings)}. Stage two must see z (through "
         "y = dec(z), z itself, or both): without a conditioning path it would "
         "model images while ignoring the disentangled factors."
     )
   _check_number(config, "stage2.num_steps", int, *at_least_one)
-  _check_choice(config, "stage2.optimizer.name", steps.OPTIMIZERS)
-  _check_number(config, "stage2.optimizer.learning_rate", float, lambda v: v > 0, "> 0")
-  for key in ("b1", "b2"):
-    _check_number(
-        config, f"stage2.optimizer.{key}", float, lambda v: 0 <= v < 1, "in [0, 1)"
-    )
-  _check_number(config, "stage2.optimizer.eps", float, lambda v: v > 0, "> 0")
+  _validate_optimizer(config, "stage2", optimizers)
   for key, check in families.FAMILIES[family].HYPERPARAMETERS.items():
     _check_number(config, f"stage2.{family}.{key}", check.kind, check.valid,
                   check.requirement)
-
-
 
 
 def _validate_data(config, data) -> None:

@@ -41,6 +41,7 @@ from msdr_jax import losses
 from msdr_jax import stage_one as stage_one_lib
 from msdr_jax.families import FAMILIES
 from msdr_jax.families import base
+from msdr_jax.models import conditioning as conditioning_lib
 
 Params = Any
 StageOne = stage_one_lib.StageOne
@@ -60,16 +61,16 @@ def family_from_config(
 
 def condition_on_codes(
     stage_one: StageOne, stage1_params: Params, codes: jax.Array
-) -> base.Conditioning:
+) -> conditioning_lib.Conditioning:
   """c = (z, dec(z)) for given stage-one codes z."""
   stage1_params = jax.lax.stop_gradient(stage1_params)
   logits = stage_one.decode(stage1_params, codes)
-  return base.Conditioning(codes, logits, losses.decoder_mean(logits))
+  return conditioning_lib.Conditioning(codes, logits, losses.decoder_mean(logits))
 
 
 def condition(
     stage_one: StageOne, stage1_params: Params, images: jax.Array
-) -> base.Conditioning:
+) -> conditioning_lib.Conditioning:
   """c = (z, dec(z)) with z the stage-one posterior mean of `images`.
 
   The mean, not a sample: it is the representation the metrics score and the

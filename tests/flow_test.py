@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from msdr_jax.families import base
+
+from msdr_jax.models import conditioning as conditioning_lib
 from msdr_jax.families import flow
 from msdr_jax.models import flow as flow_lib
 
@@ -26,7 +27,7 @@ from msdr_jax.models import flow as flow_lib
 def _cond(seed, batch, image_shape, code_dim=3):
   rs = np.random.RandomState(seed)
   logits = rs.randn(batch, *image_shape).astype(np.float32) * 2
-  return base.Conditioning(
+  return conditioning_lib.Conditioning(
       code=jnp.asarray(rs.randn(batch, code_dim), jnp.float32),
       logits=jnp.asarray(logits),
       image=jnp.asarray(1 / (1 + np.exp(-logits))),
@@ -109,7 +110,7 @@ def test_log_det_is_the_log_abs_determinant_of_the_jacobian():
     np.testing.assert_allclose(log_det[i], expected, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("conditioning", base.CONDITIONINGS)
+@pytest.mark.parametrize("conditioning", conditioning_lib.CONDITIONINGS)
 def test_forward_and_inverse_are_inverses(conditioning):
   family = _family(conditioning, image_shape=(8, 8, 3))
   params, cond, _ = _setup(family, batch=3)
@@ -202,7 +203,7 @@ def test_density_integrates_to_the_base_mass_of_the_flows_range():
   np.testing.assert_allclose(integral, mass, atol=3e-3)
 
 
-@pytest.mark.parametrize("conditioning", base.CONDITIONINGS)
+@pytest.mark.parametrize("conditioning", conditioning_lib.CONDITIONINGS)
 def test_forward_depends_on_exactly_the_chosen_conditioning(conditioning):
   family = _family(conditioning, image_shape=(8, 8, 1))
   params, cond, images = _setup(family)
@@ -211,8 +212,8 @@ def test_forward_depends_on_exactly_the_chosen_conditioning(conditioning):
   other = _cond(11, 2, family.image_shape)
   new_code = cond._replace(code=other.code)
   new_image = cond._replace(image=other.image, logits=other.logits)
-  for changed, used in ((new_code, base.uses_code(conditioning)),
-                        (new_image, base.uses_image(conditioning))):
+  for changed, used in ((new_code, conditioning_lib.uses_code(conditioning)),
+                        (new_image, conditioning_lib.uses_image(conditioning))):
     w2, log_det2 = family.forward(params, changed, v)
     if used:
       assert np.abs(w2 - w).max() > 1e-2

@@ -14,7 +14,8 @@ from msdr_jax import losses
 from msdr_jax import multi_stage
 from msdr_jax import stage_one as stage_one_lib
 from msdr_jax import steps
-from msdr_jax.families import base
+
+from msdr_jax.models import conditioning as conditioning_lib
 
 FAMILIES = ("vae", "flow", "gan", "gmm")
 SHAPE = (64, 64, 1)
@@ -295,4 +296,4 @@ def test_bad_stage_two_configs_are_rejected(key, value, message):
 
 
 def test_conditionings_are_the_documented_ones():
-  assert base.CONDITIONINGS == ("image_and_code", "image", "code")
+  assert conditioning_lib.CONDITIONINGS == ("image_and_code", "image", "code")

@@ -1,4 +1,4 @@
-"""What every stage-two family shares: the conditioning and the interface.
+"""What every stage-two family shares: the interface and its config schema.
 
 Stage one is frozen. For an image x it provides the conditioning
 c = (z, y): the code z = mean of q(z|x) and the blurry reconstruction
@@ -27,32 +27,10 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from msdr_jax.models.conditioning import Conditioning
+
 Params = Any
 Metrics = dict[str, jax.Array]
-
-# How stage two sees stage one (`config.stage2.conditioning`). Every choice
-# keeps a path from z to x; a model without one would ignore z, and the
-# config validation rejects it.
-CONDITIONINGS = ("image_and_code", "image", "code")
-
-
-def uses_image(conditioning: str) -> bool:
-  """Whether stage two sees y = dec(z) under `conditioning`."""
-  return conditioning in ("image_and_code", "image")
-
-
-def uses_code(conditioning: str) -> bool:
-  """Whether stage two sees z itself under `conditioning`."""
-  return conditioning in ("image_and_code", "code")
-
-
-class Conditioning(NamedTuple):
-  """Stage one's view of a batch; never differentiated."""
-
-  code: jax.Array  # [B, K] stage-one code z.
-  logits: jax.Array  # [B, H, W, C] stage-one decoder output at z.
-  image: jax.Array  # [B, H, W, C] y, the decoder mean in [0, 1].
-
 
 class Hyperparameter(NamedTuple):
   """A key of `config.stage2.<family>`: its type and the range it must lie in."""

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from msdr_jax import losses
 from msdr_jax.families import base
+from msdr_jax.models import conditioning as conditioning_lib
 from msdr_jax.models import refiner
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -46,7 +47,7 @@ class ConditionalMixture(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, cond: base.Conditioning):
+  def __call__(self, cond: conditioning_lib.Conditioning):
     logits, features = refiner.Refiner(
         self.conditioning, self.num_components * self.channels,
         zero_init_correction=False, dtype=self.dtype)(cond, None)

@@ -32,7 +32,7 @@ log-determinant is a sum of cheap per-element terms. The layers, in order:
 The latents w keep the squeezed layout [B, H/2, W/2, 4C] (not flattened), so
 they can be fed back to the convolutional inverse directly.
 
-Conditioning ("image_and_code", "image", "code"; see `base.CONDITIONINGS`):
+Conditioning ("image_and_code", "image", "code"; see `conditioning_lib.CONDITIONINGS`):
 
 * image: the squeezed stage-one mean 2y - 1 ([B, H/2, W/2, 4C], the flow's
   resolution) is concatenated to the input of every coupling net, so each
@@ -60,7 +60,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from msdr_jax.families import base
+from msdr_jax.models import conditioning as conditioning_lib
 
 # (kind, swap) of coupling step k is _PARTITIONS[k % 4]. "halves" splits the
 # channels into [first half, second half], "parity" into [even, odd]; the
@@ -233,7 +233,7 @@ class ConditionalFlow(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    if self.conditioning not in base.CONDITIONINGS:
+    if self.conditioning not in conditioning_lib.CONDITIONINGS:
       raise ValueError(f"Unknown conditioning {self.conditioning!r}.")
     self.actnorms = [ActNorm() for _ in range(self.num_couplings)]
     self.couplings = [
@@ -242,14 +242,14 @@ class ConditionalFlow(nn.Module):
         for k in range(self.num_couplings)
     ]
 
-  def _features(self, cond: base.Conditioning):
+  def _features(self, cond: conditioning_lib.Conditioning):
     """(image features at the flow's resolution or None, code or None)."""
     image = (squeeze(2.0 * cond.image - 1.0)
-             if base.uses_image(self.conditioning) else None)
-    code = cond.code if base.uses_code(self.conditioning) else None
+             if conditioning_lib.uses_image(self.conditioning) else None)
+    code = cond.code if conditioning_lib.uses_code(self.conditioning) else None
     return image, code
 
-  def forward(self, v: jax.Array, cond: base.Conditioning) -> tuple[jax.Array, jax.Array]:
+  def forward(self, v: jax.Array, cond: conditioning_lib.Conditioning) -> tuple[jax.Array, jax.Array]:
     """(w [B, H/2, W/2, 4C], log |det dw/dv| [B]) for v [B, H, W, C] in (0, 1)."""
     image, code = self._features(cond)
     s, log_det = logit_transform(v, self.logit_alpha)
@@ -261,7 +261,7 @@ class ConditionalFlow(nn.Module):
       log_det = log_det + ld
     return h, log_det
 
-  def inverse(self, w: jax.Array, cond: base.Conditioning) -> jax.Array:
+  def inverse(self, w: jax.Array, cond: conditioning_lib.Conditioning) -> jax.Array:
     """v [B, H, W, C] with forward(v, cond)[0] == w."""
     image, code = self._features(cond)
     h = w
@@ -270,7 +270,7 @@ class ConditionalFlow(nn.Module):
       h = actnorm(h, inverse=True)
     return inverse_logit_transform(unsqueeze(h), self.logit_alpha)
 
-  def __call__(self, v: jax.Array, cond: base.Conditioning):
+  def __call__(self, v: jax.Array, cond: conditioning_lib.Conditioning):
     return self.forward(v, cond)
 
 

@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from msdr_jax.families import base
+from msdr_jax.models import conditioning as conditioning_lib
 from msdr_jax.models import layers
 
 # 64x64 -> 32 -> 16 -> 8 -> 4.
@@ -61,15 +61,15 @@ class ConditionalEncoder(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images: jax.Array, cond: base.Conditioning):
+  def __call__(self, images: jax.Array, cond: conditioning_lib.Conditioning):
     h = images
-    if base.uses_image(self.conditioning):
+    if conditioning_lib.uses_image(self.conditioning):
       h = jnp.concatenate([images, cond.image], axis=-1)
     if self.latent_resolution:
       depth = latent_map_depth(images.shape[1], self.latent_resolution)
       for features in _FEATURES[:depth]:
         h = nn.relu(layers.Stride2Conv(features, 4, dtype=self.dtype)(h))
-      if base.uses_code(self.conditioning):
+      if conditioning_lib.uses_code(self.conditioning):
         h = h + nn.Dense(h.shape[-1], dtype=self.dtype)(cond.code)[:, None, None, :]
       h = nn.relu(nn.Conv(_FEATURES[depth - 1], (3, 3), dtype=self.dtype)(h))
       out = nn.Conv(2 * self.latent_dim, (3, 3), dtype=self.dtype)(h)
@@ -77,7 +77,7 @@ class ConditionalEncoder(nn.Module):
       for features in _FEATURES:
         h = nn.relu(layers.Stride2Conv(features, 4, dtype=self.dtype)(h))
       h = h.reshape(h.shape[0], -1)
-      if base.uses_code(self.conditioning):
+      if conditioning_lib.uses_code(self.conditioning):
         h = jnp.concatenate([h, cond.code], axis=-1)
       h = nn.relu(nn.Dense(_DENSE, dtype=self.dtype)(h))
       out = nn.Dense(2 * self.latent_dim, dtype=self.dtype)(h)
@@ -103,12 +103,12 @@ class Refiner(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, cond: base.Conditioning, latents: jax.Array | None):
+  def __call__(self, cond: conditioning_lib.Conditioning, latents: jax.Array | None):
     batch, height, width, channels = cond.image.shape
-    with_image = base.uses_image(self.conditioning)
+    with_image = conditioning_lib.uses_image(self.conditioning)
     latent_map = latents if latents is not None and latents.ndim == 4 else None
     codes = [latents] if latents is not None and latent_map is None else []
-    if base.uses_code(self.conditioning):
+    if conditioning_lib.uses_code(self.conditioning):
       codes.append(cond.code)
     grid = (height // 2 ** len(_FEATURES), width // 2 ** len(_FEATURES))
 
@@ -166,12 +166,12 @@ class PatchDiscriminator(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, images: jax.Array, cond: base.Conditioning) -> jax.Array:
+  def __call__(self, images: jax.Array, cond: conditioning_lib.Conditioning) -> jax.Array:
     h = images
-    if base.uses_image(self.conditioning):
+    if conditioning_lib.uses_image(self.conditioning):
       h = jnp.concatenate([images, cond.image], axis=-1)
     for features in _FEATURES[:3]:
       h = nn.leaky_relu(layers.Stride2Conv(features, 4, dtype=self.dtype)(h), 0.2)
-    if base.uses_code(self.conditioning):
+    if conditioning_lib.uses_code(self.conditioning):
       h = h + nn.Dense(h.shape[-1], dtype=self.dtype)(cond.code)[:, None, None, :]
     return nn.Conv(1, (3, 3), dtype=self.dtype)(h)[..., 0].astype(jnp.float32)
