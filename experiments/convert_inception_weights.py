@@ -1,6 +1,6 @@
 r"""Writes pytorch-fid's FID Inception weights as the .npz that msdr_jax reads.
 
-`image_metrics.make_feature_extractor("inception_v3", weights_path)` needs
+`feature_extractors.make_feature_extractor("inception_v3", weights_path)` needs
 pytorch-fid's `pt_inception-2015-12-05` weights (the port of the TensorFlow
 FID network) and cannot download them. Run this once on a machine with
 internet access and torch, then copy the .npz to where the metrics run:
@@ -71,7 +71,7 @@ def verify(state_dict: dict[str, np.ndarray], weights_path: str) -> None:
   import torch  # pylint: disable=g-import-not-at-top
   from pytorch_fid import inception as pytorch_fid_inception  # pylint: disable=g-import-not-at-top
 
-  from msdr_jax import image_metrics  # pylint: disable=g-import-not-at-top
+  from msdr_jax.metrics import feature_extractors  # pylint: disable=g-import-not-at-top
 
   # pytorch-fid builds its network and loads the weights from its URL; hand
   # it the converted ones instead, so that the file itself is what is checked.
@@ -85,7 +85,7 @@ def verify(state_dict: dict[str, np.ndarray], weights_path: str) -> None:
   with torch.no_grad():
     expected = reference(torch.from_numpy(images).permute(0, 3, 1, 2))[0]
   expected = expected[:, :, 0, 0].double().numpy()
-  extractor = image_metrics.make_feature_extractor("inception_v3", weights_path)
+  extractor = feature_extractors.make_feature_extractor("inception_v3", weights_path)
   actual = np.asarray(extractor(images), np.float64)
   difference = float(np.max(np.abs(actual - expected)))
   scale = float(np.max(np.abs(expected)))

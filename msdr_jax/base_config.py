@@ -145,7 +145,7 @@ def get_config(arg: str, data_name: str, default_source: str) -> ml_collections.
   config.stage2.num_steps = 100_000
   config.stage2.optimizer = config.stage1.optimizer.copy_and_resolve_references()
   config.stage2.vae = ml_collections.ConfigDict()
-  # w: a 16x16 map, one latent per 4x4 patch; 0 for a vector (`families/vae.py`).
+  # w: a 16x16 map, one latent per 4x4 patch; 0 for a vector (`families/ms_vae.py`).
   config.stage2.vae.latent_resolution = 16
   config.stage2.vae.latent_channels = 1
   config.stage2.vae.beta = 1.0

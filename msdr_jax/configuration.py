@@ -118,7 +118,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def _validate_evaluation(config) -> None:
   """The metric suite's and the sample-quality settings of `config.eval`."""
-  from msdr_jax import image_metrics  # pylint: disable=g-import-not-at-top
+  from msdr_jax.metrics import feature_extractors  # pylint: disable=g-import-not-at-top
   from msdr_jax.metrics import dci  # pylint: disable=g-import-not-at-top
   from msdr_jax.metrics import suite  # pylint: disable=g-import-not-at-top
 
@@ -150,7 +150,7 @@ def _validate_evaluation(config) -> None:
                 lambda v: v == 0 or v >= 2, "0 (no FID/KID) or >= 2")
   if num_samples:
     _check_choice(config, "eval.sample_quality.feature_extractor",
-                  image_metrics.FEATURE_EXTRACTORS)
+                  feature_extractors.FEATURE_EXTRACTORS)
     _check_number(config, "eval.sample_quality.kid_subset_size", int, *at_least(2))
     _check_number(config, "eval.sample_quality.kid_num_subsets", int, *at_least(1))
     weights = _get(config, "eval.sample_quality.inception_weights")

@@ -36,7 +36,6 @@ and every process runs the same sharded program.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Sequence
 
 from absl import logging
@@ -207,11 +206,20 @@ def jit_sharded(
   `replicate(state, mesh)` and use only the returned state afterwards
   (`replicate` may share the buffers of the state it is given).
   """
-  num_args = len(inspect.signature(step).parameters)
-  in_shardings = tuple(batch_sharded(mesh) if i in batch_argnums else replicated(mesh)
-                       for i in range(num_args))
-  return jax.jit(step, in_shardings=in_shardings, out_shardings=replicated(mesh),
-                 donate_argnums=tuple(donate_argnums))
+  compiled_by_num_args = {}  # `step` may take a variable number of arguments.
+
+  def sharded_step(*args):
+    num_args = len(args)
+    if num_args not in compiled_by_num_args:
+      in_shardings = tuple(
+          batch_sharded(mesh) if i in batch_argnums else replicated(mesh)
+          for i in range(num_args))
+      compiled_by_num_args[num_args] = jax.jit(
+          step, in_shardings=in_shardings, out_shardings=replicated(mesh),
+          donate_argnums=tuple(donate_argnums))
+    return compiled_by_num_args[num_args](*args)
+
+  return sharded_step
 
 
 def split_for_pmap(batch: Any, num_devices: int | None = None) -> Any:

@@ -20,7 +20,7 @@ from scipy import stats
 
 
 from msdr_jax.models import conditioning as conditioning_lib
-from msdr_jax.families import flow
+from msdr_jax.families import ms_flow as flow
 from msdr_jax.models import flow as flow_lib
 
 

@@ -9,7 +9,9 @@ import pytest
 from scipy import linalg
 from scipy import ndimage
 
-from msdr_jax import image_metrics
+from msdr_jax.metrics import feature_extractors
+from msdr_jax.metrics import reconstruction
+from msdr_jax.metrics import sample_quality
 from msdr_jax.models import inception
 
 # ----------------------------------------------------------------------------
@@ -30,24 +32,24 @@ def test_bernoulli_cross_entropy_hand_computed():
       -math.log(eps) - math.log(1 - eps) - math.log(1 - eps) - math.log(0.5),
   ]
   np.testing.assert_allclose(
-      image_metrics.bernoulli_cross_entropy(_IMAGES, _PROBABILITIES), expected,
+      reconstruction.bernoulli_cross_entropy(_IMAGES, _PROBABILITIES), expected,
       rtol=1e-5)
 
 
 def test_squared_error_hand_computed():
   expected = [0.1 ** 2 + 0.2 ** 2 + 0.0 + 0.0, 1.0 + 0.0 + 0.0 + 0.25]
   np.testing.assert_allclose(
-      image_metrics.squared_error(_IMAGES, _PROBABILITIES), expected, rtol=1e-6)
+      reconstruction.squared_error(_IMAGES, _PROBABILITIES), expected, rtol=1e-6)
 
 
 def test_psnr_of_known_mse():
   images = np.random.default_rng(0).uniform(0.2, 0.8, (3, 4, 5, 2))
   # Every pixel off by 0.1: MSE 0.01, PSNR 10 log10(1 / 0.01) = 20 dB.
-  np.testing.assert_allclose(image_metrics.psnr(images, images + 0.1), [20.0] * 3,
+  np.testing.assert_allclose(reconstruction.psnr(images, images + 0.1), [20.0] * 3,
                              rtol=1e-5)
   # Range 2, every pixel off by 0.2: 10 log10(4 / 0.04) = 20 dB as well.
   np.testing.assert_allclose(
-      image_metrics.psnr(2 * images, 2 * images + 0.2, data_range=2.0), [20.0] * 3,
+      reconstruction.psnr(2 * images, 2 * images + 0.2, data_range=2.0), [20.0] * 3,
       rtol=1e-5)
 
 
@@ -55,7 +57,7 @@ def test_psnr_of_an_exact_reconstruction_is_the_documented_cap():
   images = np.random.default_rng(0).uniform(size=(2, 4, 4, 1))
   reconstructions = images.copy()
   reconstructions[1] += 0.1
-  values = np.asarray(image_metrics.psnr(images, reconstructions))
+  values = np.asarray(reconstruction.psnr(images, reconstructions))
   np.testing.assert_allclose(values, [100.0, 20.0], rtol=1e-5)
   assert np.isfinite(values.mean())
 
@@ -99,7 +101,7 @@ def _noisy_pair(shape, seed=0):
 
 def test_ssim_of_identical_images_is_one():
   x, _ = _noisy_pair((2, 16, 20, 3))
-  np.testing.assert_allclose(image_metrics.ssim(x, x), [1.0, 1.0], atol=1e-6)
+  np.testing.assert_allclose(reconstruction.ssim(x, x), [1.0, 1.0], atol=1e-6)
 
 
 def test_ssim_of_constant_images_is_the_luminance_term():
@@ -109,21 +111,21 @@ def test_ssim_of_constant_images_is_the_luminance_term():
   c1 = 0.01 ** 2
   # Zero variances and covariance: contrast-structure is C2 / C2 = 1.
   expected = (2 * m1 * m2 + c1) / (m1 ** 2 + m2 ** 2 + c1)
-  np.testing.assert_allclose(image_metrics.ssim(x, y), [expected], rtol=1e-6)
+  np.testing.assert_allclose(reconstruction.ssim(x, y), [expected], rtol=1e-6)
 
 
 def test_ssim_matches_scipy_reference():
   x, y = _noisy_pair((3, 32, 32, 2))
-  np.testing.assert_allclose(image_metrics.ssim(x, y), _reference_ssim(x, y), atol=1e-5)
+  np.testing.assert_allclose(reconstruction.ssim(x, y), _reference_ssim(x, y), atol=1e-5)
   # A larger range with the matching data_range: the same image pair.
   np.testing.assert_allclose(
-      image_metrics.ssim(255 * x, 255 * y, data_range=255.0),
+      reconstruction.ssim(255 * x, 255 * y, data_range=255.0),
       _reference_ssim(x, y), atol=1e-5)
 
 
 def test_ssim_is_symmetric():
   x, y = _noisy_pair((2, 24, 24, 1), seed=1)
-  np.testing.assert_allclose(image_metrics.ssim(x, y), image_metrics.ssim(y, x),
+  np.testing.assert_allclose(reconstruction.ssim(x, y), reconstruction.ssim(y, x),
                              atol=1e-7)
 
 
@@ -131,12 +133,12 @@ def test_ssim_is_symmetric():
 def test_ssim_rejects_images_smaller_than_the_window(shape):
   x = np.zeros(shape, np.float32)
   with pytest.raises(ValueError, match="SSIM needs"):
-    image_metrics.ssim(x, x)
+    reconstruction.ssim(x, x)
 
 
 def test_reconstruction_metrics_combines_the_per_image_metrics():
   x, y = _noisy_pair((2, 12, 12, 1), seed=2)
-  result = image_metrics.reconstruction_metrics(x, y)
+  result = reconstruction.reconstruction_metrics(x, y)
   assert set(result) == {"bce", "mse", "psnr", "ssim"}
   assert all(isinstance(value, float) for value in result.values())
   assert result["mse"] == pytest.approx(float(np.sum((x - y) ** 2) / 2), rel=1e-5)
@@ -158,7 +160,7 @@ def _fid_with_sqrtm(a, b):
 def test_fid_of_identical_sets_is_zero():
   a = np.random.default_rng(0).normal(size=(300, 16)) * np.arange(1, 17)
   scale = np.trace(np.cov(a, rowvar=False))
-  assert abs(image_metrics.frechet_distance(a, a)) < 1e-9 * scale
+  assert abs(sample_quality.frechet_distance(a, a)) < 1e-9 * scale
 
 
 def test_fid_exact_with_constructed_sample_statistics():
@@ -176,7 +178,7 @@ def test_fid_exact_with_constructed_sample_statistics():
   d = np.linalg.det(cov_a) * np.linalg.det(cov_b)
   expected = (np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b)
               - 2 * math.sqrt(t + 2 * math.sqrt(d)))
-  fid = image_metrics.frechet_distance(mu_a + z @ l_a.T, mu_b + z @ l_b.T)
+  fid = sample_quality.frechet_distance(mu_a + z @ l_a.T, mu_b + z @ l_b.T)
   assert fid == pytest.approx(expected, rel=1e-12)
 
 
@@ -190,14 +192,14 @@ def test_fid_of_diagonal_gaussians_matches_closed_form():
   expected = np.sum((mu1 - mu2) ** 2) + np.sum(var1 + var2 - 2 * np.sqrt(var1 * var2))
   # Sampling error of the mean and covariance terms: O(1/sqrt(n)) relative,
   # -0.2% to -0.6% over seeds 0-4.
-  assert image_metrics.frechet_distance(a, b) == pytest.approx(expected, rel=0.02)
+  assert sample_quality.frechet_distance(a, b) == pytest.approx(expected, rel=0.02)
 
 
 def test_fid_matches_the_sqrtm_formula_on_random_features():
   rng = np.random.default_rng(1)
   a = rng.normal(size=(400, 12)) @ rng.normal(size=(12, 12))
   b = rng.normal(size=(300, 12)) @ rng.normal(size=(12, 12)) + 0.3
-  assert image_metrics.frechet_distance(a, b) == pytest.approx(
+  assert sample_quality.frechet_distance(a, b) == pytest.approx(
       _fid_with_sqrtm(a, b), rel=1e-9)
 
 
@@ -212,12 +214,12 @@ def test_fid_with_singular_covariances():
   trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(sqrt_b @ cov_a @ sqrt_b), 0, None)).sum()
   expected = (np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(cov_a) + np.trace(cov_b)
               - 2 * trace_sqrt)
-  assert image_metrics.frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
-  assert abs(image_metrics.frechet_distance(a, a)) < 1e-12 * np.trace(cov_a)
+  assert sample_quality.frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+  assert abs(sample_quality.frechet_distance(a, a)) < 1e-12 * np.trace(cov_a)
 
 
 @pytest.mark.parametrize("metric", [
-    image_metrics.frechet_distance, image_metrics.kernel_inception_distance])
+    sample_quality.frechet_distance, sample_quality.kernel_inception_distance])
 def test_distances_reject_bad_feature_sets(metric):
   a = np.zeros((5, 3))
   with pytest.raises(ValueError, match="at least 2"):
@@ -247,10 +249,10 @@ def test_unbiased_mmd2_matches_double_loop():
   rng = np.random.default_rng(0)
   x, y = rng.normal(size=(6, 3)), rng.normal(size=(6, 3)) + 0.5
   expected = _brute_force_mmd2(x, y)
-  assert image_metrics.unbiased_mmd2(x, y) == pytest.approx(expected, rel=1e-12)
+  assert sample_quality.unbiased_mmd2(x, y) == pytest.approx(expected, rel=1e-12)
   # The subset size is capped at 6, so every subset is a permutation of the
   # sets and the MMD^2 does not change.
-  kid, kid_std = image_metrics.kernel_inception_distance(
+  kid, kid_std = sample_quality.kernel_inception_distance(
       x, y, num_subsets=3, subset_size=1000)
   assert kid == pytest.approx(expected, rel=1e-12)
   assert kid_std == pytest.approx(0.0, abs=1e-12)
@@ -259,9 +261,9 @@ def test_unbiased_mmd2_matches_double_loop():
 def test_kid_near_zero_for_one_distribution_and_positive_for_a_shift():
   rng = np.random.default_rng(0)
   a, b = rng.normal(size=(1000, 16)), rng.normal(size=(1000, 16))
-  same, same_std = image_metrics.kernel_inception_distance(
+  same, same_std = sample_quality.kernel_inception_distance(
       a, b, num_subsets=20, subset_size=200)
-  shifted, _ = image_metrics.kernel_inception_distance(
+  shifted, _ = sample_quality.kernel_inception_distance(
       a, b + 0.5, num_subsets=20, subset_size=200)
   # Equal distributions: the mean is within one draw's spread of 0 (about
   # 0.006 +- 0.011 here); the shift is about 1.0, ninety times that spread.
@@ -276,22 +278,22 @@ def test_kid_near_zero_for_one_distribution_and_positive_for_a_shift():
 def test_random_conv_is_deterministic_for_grey_and_rgb():
   rng = np.random.default_rng(0)
   grey = rng.uniform(size=(3, 16, 16, 1)).astype(np.float32)
-  first = np.asarray(image_metrics.make_feature_extractor("random_conv")(grey))
-  second = np.asarray(image_metrics.make_feature_extractor()(grey))
+  first = np.asarray(feature_extractors.make_feature_extractor("random_conv")(grey))
+  second = np.asarray(feature_extractors.make_feature_extractor()(grey))
   assert first.shape == (3, 960)
   np.testing.assert_array_equal(first, second)
   rgb = np.repeat(grey, 3, axis=-1)
-  np.testing.assert_allclose(image_metrics.make_feature_extractor()(rgb), first,
+  np.testing.assert_allclose(feature_extractors.make_feature_extractor()(rgb), first,
                              rtol=1e-6)
   colour = rng.uniform(size=(2, 20, 12, 3)).astype(np.float32)
-  assert image_metrics.make_feature_extractor()(colour).shape == (2, 960)
+  assert feature_extractors.make_feature_extractor()(colour).shape == (2, 960)
 
 
 def test_random_conv_weights_are_pinned():
   # Values of the first run of this extractor; a change here would make new
   # FID/KID numbers incomparable with those already reported.
   ramp = np.linspace(0, 1, 2 * 16 * 16, dtype=np.float32).reshape(2, 16, 16, 1)
-  features = np.asarray(image_metrics.make_feature_extractor()(ramp))
+  features = np.asarray(feature_extractors.make_feature_extractor()(ramp))
   np.testing.assert_allclose(
       features[:, [0, 100, 500, 959]],
       [[3.4803236e-04, 6.3296765e-02, 2.9567605e-01, 4.7778517e-02],
@@ -301,8 +303,8 @@ def test_random_conv_weights_are_pinned():
 
 def test_extract_features_pads_the_last_batch():
   images = np.random.default_rng(0).uniform(size=(5, 16, 16, 1))
-  extractor = image_metrics.make_feature_extractor()
-  features = image_metrics.extract_features(images, extractor, batch_size=2)
+  extractor = feature_extractors.make_feature_extractor()
+  features = feature_extractors.extract_features(images, extractor, batch_size=2)
   assert features.dtype == np.float64 and features.shape == (5, 960)
   # Convolutions over a batch of 2 or of 5 sum in different orders.
   np.testing.assert_allclose(features, extractor(images.astype(np.float32)),
@@ -312,20 +314,20 @@ def test_extract_features_pads_the_last_batch():
 def test_sample_quality_on_random_conv_features():
   rng = np.random.default_rng(0)
   real = rng.uniform(size=(40, 16, 16, 1))
-  extractor = image_metrics.make_feature_extractor()
+  extractor = feature_extractors.make_feature_extractor()
   kwargs = dict(batch_size=16, kid_num_subsets=5, kid_subset_size=20)
-  same = image_metrics.sample_quality(real, real, extractor, **kwargs)
+  same = sample_quality.sample_quality(real, real, extractor, **kwargs)
   assert set(same) == {"fid", "kid", "kid_std"}
   assert abs(same["fid"]) < 1e-6
-  darker = image_metrics.sample_quality(real, 0.5 * real, extractor, **kwargs)
+  darker = sample_quality.sample_quality(real, 0.5 * real, extractor, **kwargs)
   assert darker["fid"] > 1e-3 and darker["kid"] > 0
 
 
 def test_unknown_extractor_and_misplaced_weights_are_rejected():
   with pytest.raises(ValueError, match="inception_v3, random_conv"):
-    image_metrics.make_feature_extractor("vgg16")
+    feature_extractors.make_feature_extractor("vgg16")
   with pytest.raises(ValueError, match="no weights_path"):
-    image_metrics.make_feature_extractor("random_conv", "weights.npz")
+    feature_extractors.make_feature_extractor("random_conv", "weights.npz")
 
 
 # ----------------------------------------------------------------------------
@@ -400,7 +402,7 @@ def _grey_test_images():
 
 def test_inception_features_match_pytorch_fid(inception_weights):
   path, _ = inception_weights
-  extractor = image_metrics.make_feature_extractor("inception_v3", str(path))
+  extractor = feature_extractors.make_feature_extractor("inception_v3", str(path))
   images = _grey_test_images()
   features = np.asarray(extractor(images), np.float64)
   assert features.shape == (2, 2048) and np.all(np.isfinite(features))
@@ -427,27 +429,27 @@ def test_inception_variables_round_trip():
 def test_inception_weights_errors(inception_weights, tmp_path):
   path, state_dict = inception_weights
   with pytest.raises(ValueError, match="convert_inception_weights"):
-    image_metrics.make_feature_extractor("inception_v3")
+    feature_extractors.make_feature_extractor("inception_v3")
   with pytest.raises(ValueError, match="does not exist.*convert_inception_weights"):
-    image_metrics.make_feature_extractor("inception_v3", str(tmp_path / "none.npz"))
+    feature_extractors.make_feature_extractor("inception_v3", str(tmp_path / "none.npz"))
   not_npz = tmp_path / "weights.pth"
   not_npz.write_bytes(b"\x80\x02not a zip")
   with pytest.raises(ValueError, match="not a readable .npz"):
-    image_metrics.make_feature_extractor("inception_v3", str(not_npz))
+    feature_extractors.make_feature_extractor("inception_v3", str(not_npz))
 
   missing = dict(state_dict)
   del missing["Mixed_6b.branch7x7_2.conv.weight"]
   np.savez(tmp_path / "missing.npz", **missing)
   with pytest.raises(ValueError,
                      match=r"missing: Mixed_6b\.branch7x7_2\.conv\.weight\..*convert"):
-    image_metrics.make_feature_extractor("inception_v3", str(tmp_path / "missing.npz"))
+    feature_extractors.make_feature_extractor("inception_v3", str(tmp_path / "missing.npz"))
 
   misshaped = dict(state_dict)
   # An HWIO kernel saved without the conversion to PyTorch's OIHW.
   misshaped["Conv2d_1a_3x3.conv.weight"] = np.zeros((3, 3, 3, 32), np.float32)
   np.savez(tmp_path / "misshaped.npz", **misshaped)
   with pytest.raises(ValueError, match=r"Conv2d_1a_3x3\.conv\.weight has shape"):
-    image_metrics.make_feature_extractor("inception_v3", str(tmp_path / "misshaped.npz"))
+    feature_extractors.make_feature_extractor("inception_v3", str(tmp_path / "misshaped.npz"))
 
 
 def _torch_bilinear_resize(image, out_h, out_w):

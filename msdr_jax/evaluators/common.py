@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from msdr_jax import image_metrics
+from msdr_jax.metrics import feature_extractors
+from msdr_jax.metrics import sample_quality as sample_quality_lib
 from msdr_jax import steps
 from msdr_jax.data import ground_truth
 
@@ -67,7 +68,7 @@ def sample_quality(
   config = eval_config.sample_quality
   if not config.num_samples:
     return {}
-  extractor = image_metrics.make_feature_extractor(
+  extractor = feature_extractors.make_feature_extractor(
       config.feature_extractor, config.inception_weights or None)
   batch_size = min(eval_config.batch_size, config.num_samples)
   num_batches = -(-config.num_samples // batch_size)
@@ -78,7 +79,7 @@ def sample_quality(
   collect = lambda make, key: np.concatenate([
       np.asarray(make(jax.random.fold_in(key, i))) for i in range(num_batches)
   ])[: config.num_samples]
-  scores = image_metrics.sample_quality(
+  scores = sample_quality_lib.sample_quality(
       collect(lambda key: real_batch(dataset, key), real_rng),
       collect(lambda key: generated_batch(params, key), sample_rng), extractor,
       batch_size=min(256, config.num_samples),

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from msdr_jax import image_metrics
+from msdr_jax.metrics import reconstruction
 from msdr_jax import metrics
 from msdr_jax import multi_stage
 from msdr_jax import visualize
@@ -58,12 +58,12 @@ def _make_eval_batch(model: multi_stage.MultiStageModel, batch_size: int):
         "codes": codes,
         "stage1_mse": per_image((cond.image - images) ** 2),
         "mse": per_image((reconstructions - images) ** 2),
-        "stage1_bce": image_metrics.bernoulli_cross_entropy(images, cond.image),
-        "bce": image_metrics.bernoulli_cross_entropy(images, reconstructions),
-        "stage1_psnr": image_metrics.psnr(images, cond.image),
-        "psnr": image_metrics.psnr(images, reconstructions),
-        "stage1_ssim": image_metrics.ssim(images, cond.image),
-        "ssim": image_metrics.ssim(images, reconstructions),
+        "stage1_bce": reconstruction.bernoulli_cross_entropy(images, cond.image),
+        "bce": reconstruction.bernoulli_cross_entropy(images, reconstructions),
+        "stage1_psnr": reconstruction.psnr(images, cond.image),
+        "psnr": reconstruction.psnr(images, reconstructions),
+        "stage1_ssim": reconstruction.ssim(images, cond.image),
+        "ssim": reconstruction.ssim(images, reconstructions),
         "family": family_metrics,
         "recovered_codes": encode(generated),
         "stage1_recovered_codes": encode(cond.image),

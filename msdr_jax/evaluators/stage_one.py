@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from msdr_jax import image_metrics
+from msdr_jax.metrics import reconstruction
 from msdr_jax import losses
 from msdr_jax import stage_one as stage_one_lib
 from msdr_jax import visualize
@@ -54,8 +54,8 @@ def _make_eval_batch(stage_one, tc_estimator: str, batch_size: int):
         "factors": factors,
         "bce": losses.bernoulli_nll(logits, images),
         "mse": per_image((recon - images) ** 2),
-        "psnr": image_metrics.psnr(images, recon),
-        "ssim": image_metrics.ssim(images, recon),
+        "psnr": reconstruction.psnr(images, recon),
+        "ssim": reconstruction.ssim(images, recon),
         "kl_per_latent": losses.kl_to_standard_normal(mean, log_var),
         "tc": terms["tc"],
     }

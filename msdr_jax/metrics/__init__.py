@@ -1,4 +1,5 @@
-"""Disentanglement metrics on ground-truth factors, and conditioning fidelity.
+"""Metrics: disentanglement on ground-truth factors, conditioning fidelity, and
+the image metrics (`reconstruction`: BCE, PSNR, SSIM; `sample_quality`: FID, KID).
 
 Every metric follows disentanglement_lib (Locatello et al. 2019) and its
 study defaults, so numbers are comparable with published tables. Each comes
