@@ -27,16 +27,17 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Parameters are compared by their distance relative to how far training
 # moved them; each tolerance is about 10x the distance measured (float
-# rounding: the order of the all-reduce's additions). Adam's first steps turn
-# rounding in near-zero gradients into whole steps, hence the larger figures
-# of stage one and of MS-VAE (whose encoder sees only the warm-up's tiny KL
-# gradient while its refiner's zero correction keeps w unused). Adam hardly sees a gradient's scale, so the scale-sensitive logged
-# loss and gradient norm are compared as well (a gradient summed instead of
-# averaged over 8 devices has 8 times the norm).
+# rounding: the order of the all-reduce's additions; docs/python_api.md gives
+# the measurements). Adam's first steps turn rounding in near-zero gradients
+# into whole steps, hence the larger figures of stage one. Stage two is
+# MS-Flow: the family whose programs compile fastest; data parallelism does
+# not depend on the family. Adam hardly sees a gradient's scale, so the
+# scale-sensitive logged loss and gradient norm are compared as well (a
+# gradient summed instead of averaged over 8 devices has 8 times the norm).
 _TOLERANCES = {
-    "sharded_stage1": 3e-3,  # measured 3.4e-4
-    "sharded_stage2": 3e-3,  # measured 3.2e-4
-    "pmap": 1e-4,  # measured 1.1e-6 to 2.1e-5 (stage one), 2.0e-6 (stage two)
+    "sharded_stage1": 3e-3,
+    "sharded_stage2": 3e-5,
+    "pmap": 1e-4,
     "jit_sharded": 3e-3,
 }
 _METRIC_RTOL = 1e-4
@@ -52,7 +53,7 @@ _EIGHT_DEVICES = textwrap.dedent("""
     workdir = sys.argv[1]
     assert jax.device_count() == 8, jax.devices()
     config = dsprites.get_config("preset=tiny")
-    config.stage2.family = "vae"
+    config.stage2.family = "flow"
     config.log_every_steps = 1  # The first step's metrics, as the loop logs them.
     dataset = data.get_dataset(config.data)
     shape = dataset.observation_shape
