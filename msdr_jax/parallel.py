@@ -1,6 +1,6 @@
 """Data parallelism over every device of every host.
 
-Two ways to run the same pure train steps of `train.py` on many devices:
+Two ways to run the same pure train steps of `steps.py` on many devices:
 
 * **Sharded jit** (what the training loop uses). One program over a 1-D
   device mesh with a `data` axis: the batch is split over the axis, the
@@ -13,15 +13,14 @@ Two ways to run the same pure train steps of `train.py` on many devices:
 
     mesh = parallel.data_mesh()
     step = parallel.jit_sharded(
-        train.make_train_step(config.stage1, shape, num_images), mesh,
-        batch_argnums=(1,))
+        steps.make_train_step(stage_one.loss), mesh, batch_argnums=(1,))
     state, metrics = step(parallel.replicate(state, mesh),
                           parallel.shard_batch(images, mesh), rng)
 
 * **pmap**: the steps built with an `axis_name` average gradients with
   `jax.lax.pmean`, for code written around `jax.pmap`:
 
-    step = jax.pmap(train.make_train_step(..., axis_name="batch"),
+    step = jax.pmap(steps.make_train_step(stage_one.loss, axis_name="batch"),
                     axis_name="batch", in_axes=(None, 0, 0))
     state, metrics = step(state, parallel.split_for_pmap(images), rngs)
 

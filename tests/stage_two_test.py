@@ -238,7 +238,7 @@ def test_vae_loss_is_the_negative_elbo():
   mean, log_var = family.encoder.apply({"params": params["encoder"]}, images, cond)
   assert mean.shape == (len(images), 16, 16, 1)  # The default map of local latents.
   latents = mean + jnp.exp(0.5 * log_var) * jax.random.normal(rng, mean.shape)
-  logits, _ = family.decoder.apply({"params": params["decoder"]}, cond, latents)
+  logits, _ = family.refiner.apply({"params": params["decoder"]}, cond, latents)
   expected_recon = losses.bernoulli_nll(logits, images)
   expected_kl = 0.5 * jnp.sum(mean**2 + jnp.exp(log_var) - log_var - 1, (1, 2, 3))
   np.testing.assert_allclose(float(metrics["recon"]), float(expected_recon.mean()), rtol=1e-5)

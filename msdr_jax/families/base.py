@@ -27,6 +27,8 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from msdr_jax import losses
+from msdr_jax.models import refiner as refiner_lib
 from msdr_jax.models.conditioning import Conditioning
 
 Params = Any
@@ -106,3 +108,58 @@ class Family(abc.ABC):
       self, params: Params, cond: Conditioning, rng: jax.Array
   ) -> jax.Array:
     """Latents w drawn from their prior, one per row of `cond`."""
+
+
+class GaussianLatentRefiner(Family):
+  """The shape MS-VAE and MS-GAN share.
+
+  w ~ N(0, I) of `latent_shape`; q(w | x, c) a diagonal Gaussian from
+  `encoder` (parameters `params["encoder"]`); images are the stage-one
+  likelihood's mean of a `Refiner`'s logits of (c, w) (parameters
+  `params[REFINER_KEY]`). Subclasses are dataclasses with `conditioning`,
+  `likelihood`, `image_shape` and `compute_dtype`.
+  """
+
+  REFINER_KEY: ClassVar[str]
+
+  @property
+  @abc.abstractmethod
+  def latent_shape(self) -> tuple[int, ...]:
+    """The shape of one image's w."""
+
+  @property
+  @abc.abstractmethod
+  def encoder(self) -> refiner_lib.ConditionalEncoder:
+    """The network of q(w | x, c)'s mean and log-variance."""
+
+  @property
+  def refiner(self) -> refiner_lib.Refiner:
+    return refiner_lib.Refiner(
+        self.conditioning, self.image_shape[-1], dtype=self.compute_dtype)
+
+  def _posterior(self, params: Params, cond: Conditioning,
+                 images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return self.encoder.apply({"params": params["encoder"]}, images, cond)
+
+  def _logits(self, params: Params, cond: Conditioning, latents: jax.Array) -> jax.Array:
+    logits, _ = self.refiner.apply({"params": params[self.REFINER_KEY]}, cond, latents)
+    return logits
+
+  def _init_encoder_and_refiner(self, encoder_rng, refiner_rng, cond, images) -> Params:
+    latents = jnp.zeros((images.shape[0], *self.latent_shape), images.dtype)
+    return {
+        "encoder": self.encoder.init(encoder_rng, images, cond)["params"],
+        self.REFINER_KEY: self.refiner.init(refiner_rng, cond, latents)["params"],
+    }
+
+  def encode(self, params, cond, images):
+    mean, _ = self._posterior(params, cond, images)
+    return mean
+
+  def decode(self, params, cond, latents):
+    return losses.decoder_mean(self._logits(params, cond, latents))
+
+  def sample_latents(self, params, cond, rng):
+    del params  # The prior has no parameters.
+    return jax.random.normal(
+        rng, (cond.code.shape[0], *self.latent_shape), cond.code.dtype)

@@ -40,10 +40,11 @@ def _per_image_sum(x: jax.Array) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class ConditionalGAN(base.Family):
+class ConditionalGAN(base.GaussianLatentRefiner):
   """MS-GAN with `latent_dim` new latents."""
 
   NAME = "gan"
+  REFINER_KEY = "generator"  # G(c, w).
   HYPERPARAMETERS = {
       "latent_dim": base.AT_LEAST_ONE,
       "kl_weight": base.NON_NEGATIVE,
@@ -64,9 +65,8 @@ class ConditionalGAN(base.Family):
         self.latent_dim, self.conditioning, dtype=self.compute_dtype)
 
   @property
-  def generator(self) -> refiner.Refiner:
-    return refiner.Refiner(
-        self.conditioning, self.image_shape[-1], dtype=self.compute_dtype)
+  def latent_shape(self) -> tuple[int, ...]:
+    return (self.latent_dim,)
 
   @property
   def discriminator(self) -> refiner.PatchDiscriminator:
@@ -74,17 +74,10 @@ class ConditionalGAN(base.Family):
 
   def init(self, rng, cond, images):
     encoder_rng, generator_rng, discriminator_rng = jax.random.split(rng, 3)
-    latents = jnp.zeros((images.shape[0], self.latent_dim), images.dtype)
-    return {
-        "encoder": self.encoder.init(encoder_rng, images, cond)["params"],
-        "generator": self.generator.init(generator_rng, cond, latents)["params"],
-        "discriminator": self.discriminator.init(
-            discriminator_rng, images, cond)["params"],
-    }
-
-  def _logits(self, params, cond, latents):
-    logits, _ = self.generator.apply({"params": params["generator"]}, cond, latents)
-    return logits
+    params = self._init_encoder_and_refiner(encoder_rng, generator_rng, cond, images)
+    params["discriminator"] = self.discriminator.init(
+        discriminator_rng, images, cond)["params"]
+    return params
 
   def _critic(self, discriminator_params, images, cond):
     return self.discriminator.apply({"params": discriminator_params}, images, cond)
@@ -92,7 +85,7 @@ class ConditionalGAN(base.Family):
   def loss(self, params, cond, images, rng, step=None):
     del step  # No warm-up.
     posterior_rng, prior_rng = jax.random.split(rng)
-    mean, log_var = self.encoder.apply({"params": params["encoder"]}, images, cond)
+    mean, log_var = self._posterior(params, cond, images)
     posterior = vae_lib.sample_diagonal_gaussian(posterior_rng, mean, log_var)
     recon = losses.LIKELIHOODS[self.likelihood](
         self._logits(params, cond, posterior), images)
@@ -123,14 +116,3 @@ class ConditionalGAN(base.Family):
         "real_accuracy": jnp.mean(real_logits > 0),
         "fake_accuracy": jnp.mean(fake_logits < 0),
     }
-
-  def encode(self, params, cond, images):
-    mean, _ = self.encoder.apply({"params": params["encoder"]}, images, cond)
-    return mean
-
-  def decode(self, params, cond, latents):
-    return losses.decoder_mean(self._logits(params, cond, latents))
-
-  def sample_latents(self, params, cond, rng):
-    del params  # The prior has no parameters.
-    return jax.random.normal(rng, (cond.code.shape[0], self.latent_dim), cond.code.dtype)

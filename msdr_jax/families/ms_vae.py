@@ -55,10 +55,11 @@ def kl_weight(beta: float, warmup_steps: int, step: jax.Array | None) -> jax.Arr
 
 
 @dataclasses.dataclass(frozen=True)
-class ConditionalVAE(base.Family):
+class ConditionalVAE(base.GaussianLatentRefiner):
   """MS-VAE with a `latent_resolution`^2 x `latent_channels` map of new latents."""
 
   NAME = "vae"
+  REFINER_KEY = "decoder"
   HYPERPARAMETERS = {
       "latent_resolution": base.Hyperparameter(
           int, lambda v: v in LATENT_MAP_RESOLUTIONS,
@@ -90,25 +91,11 @@ class ConditionalVAE(base.Family):
         self.latent_channels, self.conditioning,
         latent_resolution=self.latent_resolution, dtype=self.compute_dtype)
 
-  @property
-  def decoder(self) -> refiner.Refiner:
-    return refiner.Refiner(
-        self.conditioning, self.image_shape[-1], dtype=self.compute_dtype)
-
   def init(self, rng, cond, images):
-    encoder_rng, decoder_rng = jax.random.split(rng)
-    latents = jnp.zeros((images.shape[0], *self.latent_shape), images.dtype)
-    return {
-        "encoder": self.encoder.init(encoder_rng, images, cond)["params"],
-        "decoder": self.decoder.init(decoder_rng, cond, latents)["params"],
-    }
-
-  def _logits(self, params, cond, latents):
-    logits, _ = self.decoder.apply({"params": params["decoder"]}, cond, latents)
-    return logits
+    return self._init_encoder_and_refiner(*jax.random.split(rng), cond, images)
 
   def loss(self, params, cond, images, rng, step=None):
-    mean, log_var = self.encoder.apply({"params": params["encoder"]}, images, cond)
+    mean, log_var = self._posterior(params, cond, images)
     latents = vae_lib.sample_diagonal_gaussian(rng, mean, log_var)
     recon = losses.LIKELIHOODS[self.likelihood](self._logits(params, cond, latents), images)
     kl = losses.kl_to_standard_normal(mean, log_var).reshape(images.shape[0], -1).sum(-1)
@@ -116,15 +103,3 @@ class ConditionalVAE(base.Family):
     loss = jnp.mean(recon + weight * kl)
     return loss, {"loss": loss, "recon": recon.mean(), "kl": kl.mean(),
                   "kl_weight": weight}
-
-  def encode(self, params, cond, images):
-    mean, _ = self.encoder.apply({"params": params["encoder"]}, images, cond)
-    return mean
-
-  def decode(self, params, cond, latents):
-    return losses.decoder_mean(self._logits(params, cond, latents))
-
-  def sample_latents(self, params, cond, rng):
-    del params  # The prior has no parameters.
-    return jax.random.normal(
-        rng, (cond.code.shape[0], *self.latent_shape), cond.code.dtype)
