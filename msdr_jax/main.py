@@ -27,6 +27,7 @@ from msdr_jax import configuration
 from msdr_jax import data
 from msdr_jax import parallel
 from msdr_jax import run_directory
+from msdr_jax import steps
 from msdr_jax import train
 from msdr_jax import writers
 
@@ -59,7 +60,7 @@ _USER_ERRORS = (
     configuration.ConfigError,
     run_directory.RunDirectoryError,
     data.DataError,
-    train.NonFiniteLossError,
+    steps.NonFiniteLossError,
     parallel.DeviceCountError,
     parallel.ProcessMismatchError,
 )

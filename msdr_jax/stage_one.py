@@ -39,12 +39,37 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from msdr_jax import configuration
 from msdr_jax import losses
 from msdr_jax.models import vae
 
 Params = Any
 Encode = Callable[[Params, jax.Array], tuple[jax.Array, jax.Array]]
 Decode = Callable[[Params, jax.Array], jax.Array]
+
+
+def check_given(stage_one, params: Params, image_shape, config) -> None:
+  """Raises ConfigError unless a stage one given from Python fits the run.
+
+  Both or neither of `stage_one` and `params`; not together with
+  `config.stage1.checkpoint`; the data set's image shape; parameters that fit
+  the networks.
+  """
+  if (stage_one is None) != (params is None):
+    raise configuration.ConfigError(
+        "Pass both stage_one and stage1_params (or neither, to train stage one "
+        "or load config.stage1.checkpoint).")
+  if stage_one is None:
+    return
+  if config.stage1.checkpoint:
+    raise configuration.ConfigError(
+        "Both a stage_one and config.stage1.checkpoint are given; leave "
+        "config.stage1.checkpoint empty when passing stage_one.")
+  if stage_one.image_shape != tuple(image_shape):
+    raise configuration.ConfigError(
+        f"Stage one takes {stage_one.image_shape} images but config.data "
+        f"({config.data.name}) has {tuple(image_shape)}.")
+  stage_one.check_params(params)
 
 
 def _check_likelihood(likelihood: str) -> None:

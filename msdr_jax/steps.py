@@ -28,6 +28,7 @@ over a mesh.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable
 
 from flax.training import train_state
@@ -53,6 +54,22 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 class TrainState(train_state.TrainState):
   """step, params and opt_state (pytree leaves); tx is static."""
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss or the gradients became NaN or infinite."""
+
+
+def first_nonfinite(
+    pending: list[tuple[int, Metrics]],
+) -> tuple[int, str, float] | None:
+  """(step, name, value) of the first non-finite loss or gradient norm."""
+  for step, metrics in pending:
+    for name in ("loss", "grad_norm"):
+      value = float(metrics[name])
+      if not math.isfinite(value):
+        return step, name, value
+  return None
 
 
 def make_optimizer(optimizer_config: ml_collections.ConfigDict) -> optax.GradientTransformation:

@@ -24,7 +24,6 @@ from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 
 from msdr_jax import checkpoints
@@ -42,30 +41,14 @@ from msdr_jax import writers
 _STAGE_NUMBERS = {"stage1": 1, "stage2": 2}
 
 
-class NonFiniteLossError(RuntimeError):
-  """The loss became NaN or infinite."""
-
-
-def _first_nonfinite(
-    pending: list[tuple[int, steps.Metrics]],
-) -> tuple[int, str, float] | None:
-  """(step, name, value) of the first non-finite loss or gradient norm."""
-  for step, metrics in pending:
-    for name in ("loss", "grad_norm"):
-      value = float(metrics[name])
-      if not np.isfinite(value):
-        return step, name, value
-  return None
-
-
 def _raise_if_nonfinite(pending, manager: ocp.CheckpointManager, workdir: str,
                         stage: str) -> None:
-  bad = _first_nonfinite(pending)
+  bad = steps.first_nonfinite(pending)
   if bad is None:
     return
   manager.wait_until_finished()  # The last good checkpoint is complete.
   step, name, value = bad
-  raise NonFiniteLossError(
+  raise steps.NonFiniteLossError(
       f"{checkpoints.STAGE_NAMES[stage].capitalize()} {name} is {value} at step "
       f"{step}. The last good checkpoint (step {manager.latest_step()}) in "
       f"{workdir} is intact, but resuming replays the same steps; start a new "
@@ -152,24 +135,6 @@ def train_stage(
                      lambda state: iteration(state, frozen, dataset), manager, writer)
 
 
-def _check_given_stage_one(config, stage_one, stage1_params, image_shape) -> None:
-  if (stage_one is None) != (stage1_params is None):
-    raise configuration.ConfigError(
-        "Pass both stage_one and stage1_params (or neither, to train stage one "
-        "or load config.stage1.checkpoint).")
-  if stage_one is None:
-    return
-  if config.stage1.checkpoint:
-    raise configuration.ConfigError(
-        "Both a stage_one and config.stage1.checkpoint are given; leave "
-        "config.stage1.checkpoint empty when passing stage_one.")
-  if stage_one.image_shape != tuple(image_shape):
-    raise configuration.ConfigError(
-        f"Stage one takes {stage_one.image_shape} images but config.data "
-        f"({config.data.name}) has {tuple(image_shape)}.")
-  stage_one.check_params(stage1_params)
-
-
 def _train_and_evaluate_stage_two(
     config, workdir, stage_one, eval_stage_one, stage1_params, train_data, dataset,
     writer, mesh, stage1_evaluation,
@@ -230,7 +195,7 @@ def train_and_evaluate(
 
   # --- Stage one: given, loaded or to be trained. Checked before the run
   # directory is created or bound.
-  _check_given_stage_one(config, stage_one, stage1_params, image_shape)
+  stage_one_lib.check_given(stage_one, stage1_params, image_shape, config)
   given = stage_one is not None
   if not given:
     stage_one = stage_one_lib.DisentanglingVAE.from_config(

@@ -63,7 +63,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
     return poisoned
 
   monkeypatch.setattr(steps, "make_train_step", poisoned_make_train_step)
-  with pytest.raises(train.NonFiniteLossError, match=r"Stage one loss is nan at step 5\. .*step 3\)"):
+  with pytest.raises(steps.NonFiniteLossError, match=r"Stage one loss is nan at step 5\. .*step 3\)"):
     train.train_and_evaluate(config, str(tmp_path))
   saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()
                  if p.name.isdigit())
@@ -77,5 +77,5 @@ def test_nonfinite_gradients_with_a_finite_loss_are_caught():
   finite = {"loss": np.float32(1.0), "grad_norm": np.float32(2.0)}
   pending = [(1, finite), (2, dict(finite, grad_norm=np.float32(np.inf))),
              (3, dict(finite, loss=np.float32(np.nan)))]
-  assert train._first_nonfinite(pending) == (2, "grad_norm", np.inf)  # pylint: disable=protected-access
-  assert train._first_nonfinite(pending[:1]) is None  # pylint: disable=protected-access
+  assert steps.first_nonfinite(pending) == (2, "grad_norm", np.inf)  # pylint: disable=protected-access
+  assert steps.first_nonfinite(pending[:1]) is None  # pylint: disable=protected-access
