@@ -7,9 +7,8 @@ sphere, capsule) and orientation (15 values in [-30, 30] degrees). The
 original images were rendered with MuJoCo and cannot be fetched here, so
 `render` ray-casts an equivalent scene on demand. It is pure JAX, jittable,
 deterministic (no randomness anywhere) and cheap enough to run inside every
-jitted training step: a jitted batch of 64 images takes ~24 ms on a 2-core CPU
-(~110 ms for 256), so a training loop never has to hold the real data set
-(5.9 GB as uint8).
+jitted training step (docs/data.md gives its speed), so a training loop never
+has to hold the real data set (5.9 GB as uint8).
 
 It is a look-alike, not a pixel-exact copy: the layout, the colours (exact
 hues, saturation 1) and how each factor changes the image follow the real data
@@ -64,6 +63,9 @@ sphere and the capsule, a flat cap for the cylinder), so per ray there are two
 quadratics, one cap plane and one slab test whatever the shape. Normals are
 analytic. The shape is chosen per image with selects, not branches, so a batch
 can mix shapes and everything lowers to fused elementwise code.
+
+Its length: the scene (room, object shapes, lighting, colours) is one ray
+caster whose parts only make sense together.
 """
 
 from __future__ import annotations

@@ -37,6 +37,10 @@ position, the residual sum of the samples of the same node up to that value,
 i.e. every candidate left child at once. After the split a stable partition
 (a prefix count and one scatter) restores the (node, value) order for the
 children, so the whole stage costs O(trees x features x samples x depth).
+
+Its length: the fit, the level-wise growth of the trees and the prediction
+share one tree layout (node numbering, the (node, value) sample orders); apart,
+each would have to restate it.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ to about 1e-6 of their scale; tests/image_metrics_test.py pins them.
 
 The weights cannot be bundled or downloaded here: make an `.npz` of them with
 `experiments/convert_inception_weights.py` on a machine with torch.
+
+Its length: the network is pytorch-fid's, block for block, so that it can be
+read side by side with the original (and converted weights map one to one).
 """
 
 from __future__ import annotations

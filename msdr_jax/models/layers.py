@@ -67,6 +67,9 @@ reformulations that measured slower than the plain lax op are not used:
   otherwise the plain transposed convolution is as fast or faster. Four
   separate 2x2 phase convolutions and im2col + one matmul were also measured
   and were slower or erratic.
+
+Its length: each layer's forward formulation and its custom gradients are one
+choice, kept, documented and tested together (`tests/layers_test.py`).
 """
 
 from __future__ import annotations
