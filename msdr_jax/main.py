@@ -20,16 +20,12 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
+# JAX-free: a mistaken command line is reported before JAX and the library
+# load (`main` imports them).
 from msdr_jax import configuration
-from msdr_jax import data
-from msdr_jax import parallel
 from msdr_jax import run_directory
-from msdr_jax import steps
-from msdr_jax import train
-from msdr_jax import writers
 
 FLAGS = flags.FLAGS
 
@@ -55,15 +51,14 @@ flags.DEFINE_integer("num_processes", None, "Processes of the multi-host job.")
 flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 
 
-# Errors caused by the user's input: reported in one line, without traceback.
-_USER_ERRORS = (
-    configuration.ConfigError,
-    run_directory.RunDirectoryError,
-    data.DataError,
-    steps.NonFiniteLossError,
-    parallel.DeviceCountError,
-    parallel.ProcessMismatchError,
-)
+def _user_errors() -> tuple[type[Exception], ...]:
+  """Errors caused by the user's input: reported in one line, without traceback."""
+  from msdr_jax import data  # pylint: disable=g-import-not-at-top
+  from msdr_jax import parallel  # pylint: disable=g-import-not-at-top
+  from msdr_jax import steps  # pylint: disable=g-import-not-at-top
+  return (configuration.ConfigError, run_directory.RunDirectoryError, data.DataError,
+          steps.NonFiniteLossError, parallel.DeviceCountError,
+          parallel.ProcessMismatchError)
 
 
 def _parse_flags(argv):
@@ -87,7 +82,6 @@ def _parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  writers.hide_library_info_logs()
   config = FLAGS.config
   distributed = FLAGS.distributed or FLAGS.coordinator_address
   if not distributed and (FLAGS.num_processes is not None or FLAGS.process_id is not None):
@@ -96,6 +90,13 @@ def main(argv):
           "--coordinator_address=HOST:PORT (process 0's address) or --distributed.",
           file=sys.stderr, flush=True)
     sys.exit(2)
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from msdr_jax import parallel
+  from msdr_jax import train
+  from msdr_jax import writers
+  # pylint: enable=g-import-not-at-top
+  writers.hide_library_info_logs()
   if distributed:
     # Before anything else touches JAX's backends.
     parallel.initialize_distributed(
@@ -107,7 +108,7 @@ def main(argv):
     logging.info("Work directory: %s", workdir)
     print(f"msdr_jax: work directory {workdir}", flush=True)
     train.train_and_evaluate(config, workdir)
-  except _USER_ERRORS as e:
+  except _user_errors() as e:
     print(f"msdr_jax: error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
   print(f"msdr_jax: results in {workdir}", flush=True)
