@@ -41,14 +41,14 @@ class _FlaxLayers:
   """The reference: flax.linen's strided convolutions with SAME padding."""
 
   @staticmethod
-  def Stride2Conv(features, kernel_size):  # pylint: disable=invalid-name
-    return nn.Conv(features, (kernel_size,) * 2, strides=(2, 2), padding="SAME")
+  def Stride2Conv(features, kernel_size, dtype=None):  # pylint: disable=invalid-name
+    return nn.Conv(features, (kernel_size,) * 2, strides=(2, 2), padding="SAME",
+                   dtype=dtype)
 
   @staticmethod
-  def Stride2ConvTranspose(features, kernel_size):  # pylint: disable=invalid-name
+  def Stride2ConvTranspose(features, kernel_size, dtype=None):  # pylint: disable=invalid-name
     return nn.ConvTranspose(
-        features, (kernel_size,) * 2, strides=(2, 2), padding="SAME"
-    )
+        features, (kernel_size,) * 2, strides=(2, 2), padding="SAME", dtype=dtype)
 
 
 @contextlib.contextmanager

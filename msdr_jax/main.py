@@ -15,6 +15,7 @@ detects) or with the coordinator named explicitly:
       --coordinator_address=host0:1234 --num_processes=2 --process_id=0
 """
 
+import re
 import sys
 
 from absl import app
@@ -61,18 +62,35 @@ def _user_errors() -> tuple[type[Exception], ...]:
           parallel.ProcessMismatchError)
 
 
+def _unknown_key(message: str) -> str:
+  """"unknown config key 'x'; did you mean "y"?" from ml_collections' message."""
+  key = re.search(r"'(\w+)", message)
+  suggestion = re.search(r'Did you mean "(\w+)"', message)
+  reason = f"unknown config key {key.group(1)!r}" if key else f"unknown config key {message}"
+  return reason + (f'; did you mean "{suggestion.group(1)}"?' if suggestion else "")
+
+
 def _parse_flags(argv):
   """Parses flags; a bad flag, override or config file is reported in one line."""
   try:
     argv = FLAGS(argv)
     FLAGS.config.get("name")  # ml_collections defers config-file load errors.
-    return argv
+    if len(argv) > 1:
+      reason = (f"unexpected argument(s) {argv[1:]}; every setting is a flag, e.g. "
+                "--config.stage1.objective.beta=4")
+    else:
+      return argv
   except flags.Error as e:
     # A failing config file comes wrapped in its traceback: keep its last line.
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     reason = lines[-1].split(": ", 1)[-1] if len(lines) > 1 else lines[0]
-  except KeyError as e:  # An override of a key the config does not have.
-    reason = "unknown config key " + " ".join(str(e.args[0]).split("\n"))
+  except (KeyError, AttributeError) as e:
+    if "get_config" in str(e):  # A config file without get_config().
+      reason = f"the config file defines no get_config(): {e}"
+    else:  # An override of a key the config does not have.
+      reason = _unknown_key(str(e.args[0]))
+  except SyntaxError as e:  # In the config file.
+    reason = f"the config file {e.filename} does not parse: {e.msg} (line {e.lineno})"
   except OSError as e:  # The config file could not be loaded.
     reason = " ".join(line.strip() for line in str(e).splitlines()[-2:])
   print(f"msdr_jax: error: {reason}", file=sys.stderr, flush=True)

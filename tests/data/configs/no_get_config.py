@@ -1,0 +1,3 @@
+"""A config file without get_config() (tests/main_test.py)."""
+
+NAME = "no get_config"
