@@ -71,6 +71,32 @@ def restore_or_create_state(
     ) from e
 
 
+def latest_saved_step(workdir: str, stage: str) -> int | None:
+  """The newest complete checkpoint of `stage` in `workdir`, from its listing.
+
+  Orbax writes a checkpoint under a temporary name and renames it to its step
+  when it is complete, so only all-digit names count.
+  """
+  directory = epath.Path(workdir) / DIRECTORIES[stage]
+  if not directory.is_dir():
+    return None
+  return max((int(p.name) for p in directory.iterdir() if p.name.isdigit()), default=None)
+
+
+def _beyond_num_steps(workdir: str, stage: str, step: int, num_steps: int) -> Exception:
+  return run_directory.RunDirectoryError(
+      f"{workdir} holds {STAGE_NAMES[stage]} trained to step {step}, beyond "
+      f"config.{stage}.num_steps={num_steps}. Use "
+      f"--config.{stage}.num_steps={step} (or more), or another --workdir.")
+
+
+def check_resumable(workdir: str, stage: str, num_steps: int) -> None:
+  """Refuses, before anything is written, a stage trained beyond `num_steps`."""
+  latest = latest_saved_step(workdir, stage)
+  if latest is not None and latest > num_steps:
+    raise _beyond_num_steps(workdir, stage, latest, num_steps)
+
+
 def resume(
     manager: ocp.CheckpointManager, state: steps.TrainState, workdir: str, stage: str,
     num_steps: int,
@@ -83,11 +109,7 @@ def resume(
                  start_step)
   if start_step > num_steps:
     manager.close()
-    raise run_directory.RunDirectoryError(
-        f"{workdir} holds {STAGE_NAMES[stage]} trained to step {start_step}, beyond "
-        f"config.{stage}.num_steps={num_steps}. Use "
-        f"--config.{stage}.num_steps={start_step} (or more), or another --workdir."
-    )
+    raise _beyond_num_steps(workdir, stage, start_step, num_steps)
   return state
 
 

@@ -48,13 +48,14 @@ def _raise_if_nonfinite(pending, manager: ocp.CheckpointManager, workdir: str,
     return
   manager.wait_until_finished()  # The last good checkpoint is complete.
   step, name, value = bad
+  latest = manager.latest_step()
+  kept = (f"The last good checkpoint (step {latest}) in {workdir} is intact, but "
+          "resuming replays the same steps" if latest is not None else
+          "No checkpoint was written before it")
   raise steps.NonFiniteLossError(
       f"{checkpoints.STAGE_NAMES[stage].capitalize()} {name} is {value} at step "
-      f"{step}. The last good checkpoint (step {manager.latest_step()}) in "
-      f"{workdir} is intact, but resuming replays the same steps; start a new "
-      f"run with a lower --config.{stage}.optimizer.learning_rate, or check "
-      "the data."
-  )
+      f"{step}. {kept}; start a new run with a lower "
+      f"--config.{stage}.optimizer.learning_rate, or check the data.")
 
 
 def _train_loop(
@@ -202,6 +203,11 @@ def train_and_evaluate(
         config.stage1, image_shape, dataset.num_images, compute_dtype)
   if config.stage1.checkpoint:
     stage1_params, stage1_step = checkpoints.load_stage_one(config, stage_one)
+  # A stage trained beyond its num_steps is refused before anything is written.
+  if not (given or config.stage1.checkpoint):
+    checkpoints.check_resumable(workdir, "stage1", config.stage1.num_steps)
+  if config.stage2.family != families.NO_STAGE_TWO:
+    checkpoints.check_resumable(workdir, "stage2", config.stage2.num_steps)
   main_process = parallel.is_main_process()
   if main_process:
     run_directory.bind_workdir(config, workdir)

@@ -48,7 +48,12 @@ def test_documented_train_step_examples_run():
   assert "factor_vae/eval_accuracy" in scores
 
 
-def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("first_nan_step, kept", [
+    (5, r"The last good checkpoint \(step 3\) in .* is intact"),
+    (1, r"No checkpoint was written before it"),
+])
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(
+    first_nan_step, kept, tmp_path, monkeypatch):
   config = _tiny_config()  # checkpoints every 3 steps, 6 steps.
   make_step = steps.make_train_step
 
@@ -56,20 +61,23 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
     step = make_step(*args, **kwargs)
 
     def poisoned(state, batch, rng):  # Stage one's: no frozen parameters.
-      # From the 5th step on the batch is NaN, so the loss is too.
-      batch = batch * jnp.where(state.step >= 4, jnp.nan, 1.0)
+      # From `first_nan_step` on the batch is NaN, so the loss is too.
+      batch = batch * jnp.where(state.step >= first_nan_step - 1, jnp.nan, 1.0)
       return step(state, batch, rng)
 
     return poisoned
 
   monkeypatch.setattr(steps, "make_train_step", poisoned_make_train_step)
-  with pytest.raises(steps.NonFiniteLossError, match=r"Stage one loss is nan at step 5\. .*step 3\)"):
+  with pytest.raises(steps.NonFiniteLossError,
+                     match=rf"Stage one loss is nan at step {first_nan_step}\. {kept}"):
     train.train_and_evaluate(config, str(tmp_path))
   saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()
                  if p.name.isdigit())
-  assert saved == [3]
-  restored = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / "3" / "default")
-  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(restored["params"]))
+  assert saved == ([3] if first_nan_step > 3 else [])
+  for step in saved:
+    restored = ocp.StandardCheckpointer().restore(
+        tmp_path / "checkpoints" / str(step) / "default")
+    assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(restored["params"]))
   assert not (tmp_path / "metrics.json").exists()
 
 
