@@ -16,7 +16,7 @@ evaluation or a notebook. `load_stage_one` also reads PyTorch checkpoints
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 from etils import epath
@@ -51,24 +51,70 @@ def manager(workdir: str, stage: str, max_to_keep: int) -> ocp.CheckpointManager
 
 
 def _first_sentence(error: Exception) -> str:
-  return str(error).splitlines()[0].split(". ")[0]
+  return (str(error).splitlines() or [type(error).__name__])[0].split(". ")[0][:200]
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> epath.Path:
+  """Renames checkpoint `step` to `<step>.unreadable[-n]`; it is never deleted."""
+  path = epath.Path(manager.directory) / str(step)
+  target, n = path.with_name(f"{step}.unreadable"), 0
+  while target.exists():
+    n += 1
+    target = path.with_name(f"{step}.unreadable-{n}")
+  path.rename(target)
+  manager.reload()
+  return target
+
+
+def _restore_newest_readable(
+    manager: ocp.CheckpointManager,
+    abstract: Any,
+    set_aside: bool,
+    mismatch_error: Callable[[int, str], Exception],
+) -> Any | None:
+  """The newest checkpoint that can be read, restored into `abstract`; or None.
+
+  A checkpoint whose parameter shapes differ from `abstract`'s raises
+  `mismatch_error(step, first difference)`. One that cannot be read is
+  skipped with a warning; with `set_aside` it is renamed (`_set_aside`).
+  """
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      stored_params = manager.item_metadata(step).get("params")
+    except Exception:  # pylint: disable=broad-except
+      stored_params = None  # Unreadable metadata: the restore below decides.
+    mismatch = stored_params is not None and _shape_mismatch(abstract.params, stored_params)
+    if mismatch:
+      raise mismatch_error(step, mismatch)
+    try:
+      return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    # TensorStore reports damaged files as a bare Exception.
+    except Exception as e:  # pylint: disable=broad-except
+      reason = _first_sentence(e)
+    what = f"set aside as {_set_aside(manager, step)}" if set_aside else "skipped"
+    logging.warning("Checkpoint %d in %s cannot be read (%s); %s, trying the one before.",
+                    step, manager.directory, reason, what)
+  return None
 
 
 def restore_or_create_state(
     manager: ocp.CheckpointManager, state: steps.TrainState
 ) -> steps.TrainState:
-  """Restores the latest checkpoint into the structure of `state`, if any."""
-  latest = manager.latest_step()
-  if latest is None:
-    return state
+  """The newest readable checkpoint, restored into the structure of `state`.
+
+  `state` itself when there is none. A checkpoint of another model is refused
+  (the first parameter whose shape differs, both shapes named). One that
+  cannot be read (truncated, overwritten, files missing) is renamed to
+  `<step>.unreadable` (never deleted) with a warning, and the one before it
+  is tried.
+  """
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-  try:
-    return manager.restore(latest, args=ocp.args.StandardRestore(abstract))
-  except (ValueError, KeyError, TypeError) as e:
-    raise run_directory.RunDirectoryError(
-        f"Checkpoint {latest} in {manager.directory} does not match this "
-        f"config's model ({_first_sentence(e)}). Use another --workdir."
-    ) from e
+  restored = _restore_newest_readable(
+      manager, abstract, set_aside=True,
+      mismatch_error=lambda step, mismatch: run_directory.RunDirectoryError(
+          f"Checkpoint {step} in {manager.directory} does not match this config's "
+          f"model ({mismatch}). Use another --workdir."))
+  return state if restored is None else restored
 
 
 def latest_saved_step(workdir: str, stage: str) -> int | None:
@@ -127,6 +173,14 @@ def _shape_mismatch(expected: Any, stored: Any) -> str | None:
   return None
 
 
+def _on_first_local_device(abstract_state: Any) -> Any:
+  """Shapes and dtypes placed on this process's first device, whatever devices
+  wrote the checkpoint."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_state)
+
+
 def load_stage_one(
     config: ml_collections.ConfigDict, stage_one: stage_one_lib.DisentanglingVAE
 ) -> tuple[Any, int]:
@@ -160,33 +214,26 @@ def load_stage_one(
   manager = ocp.CheckpointManager(
       path, options=ocp.CheckpointManagerOptions(create=False, read_only=True),
       item_handlers=ocp.StandardCheckpointHandler())
+  state = jax.eval_shape(functools.partial(
+      steps.create_train_state, stage_one.init,
+      steps.make_optimizer(config.stage1.optimizer)), jax.random.PRNGKey(0))
+  abstract = _on_first_local_device(state)
+  model = config.stage1.model
+  not_this_model = lambda step, mismatch: run_directory.RunDirectoryError(
+      f"Stage-one checkpoint {path} (step {step}) is not a model of this "
+      f"config (architecture {model.architecture}, latent_dim "
+      f"{model.latent_dim}, images {'x'.join(map(str, stage_one.image_shape))}): "
+      f"{mismatch}. Set --config.stage1.model.* and --config.data.* to the "
+      "values the checkpoint was trained with.")
   try:
-    step = manager.latest_step()
-    if step is None:
-      raise run_directory.RunDirectoryError(
-          f"{path} holds no stage-one checkpoint. {fix}")
-    state = jax.eval_shape(functools.partial(
-        steps.create_train_state, stage_one.init,
-        steps.make_optimizer(config.stage1.optimizer)), jax.random.PRNGKey(0))
-    metadata = manager.item_metadata(step)
-    stored_params = metadata.get("params") if metadata is not None else None
-    mismatch = (_shape_mismatch(state.params, stored_params)
-                if stored_params is not None else "it has no parameters")
-    if mismatch:
-      model = config.stage1.model
-      raise run_directory.RunDirectoryError(
-          f"Stage-one checkpoint {path} (step {step}) is not a model of this "
-          f"config (architecture {model.architecture}, latent_dim "
-          f"{model.latent_dim}, images {'x'.join(map(str, stage_one.image_shape))}): "
-          f"{mismatch}. Set --config.stage1.model.* and --config.data.* to the "
-          "values the checkpoint was trained with.")
-    # Onto this process's first device, whatever devices wrote it.
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
-    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    saved = bool(manager.all_steps())
+    restored = _restore_newest_readable(manager, abstract, False, not_this_model)
   finally:
     manager.close()
+  if restored is None:
+    raise run_directory.RunDirectoryError(
+        f"{path} holds no {'readable ' if saved else ''}stage-one checkpoint. {fix}")
+  step = int(restored.step)
   return restored.params, step
 
 
@@ -200,14 +247,19 @@ def load_stage_two(
   path = epath.Path(workdir).absolute() / DIRECTORIES["stage2"]
   if not path.is_dir():
     return None
-  state = steps.create_train_state(
-      model.init, steps.make_optimizer(config.stage2.optimizer),
+  state = jax.eval_shape(functools.partial(
+      steps.create_train_state, model.init, steps.make_optimizer(config.stage2.optimizer)),
       jax.random.PRNGKey(0), stage1_params)
   manager = ocp.CheckpointManager(
       path, options=ocp.CheckpointManagerOptions(create=False, read_only=True))
   try:
-    restored = restore_or_create_state(manager, state)
+    restored = _restore_newest_readable(
+        manager, _on_first_local_device(state), False,
+        lambda step, mismatch: run_directory.RunDirectoryError(
+            f"Stage-two checkpoint {step} in {path} does not match this config's "
+            f"model ({mismatch})."))
   finally:
     manager.close()
-  step = int(restored.step)
-  return (restored.params, step) if step else None
+  if restored is None or not int(restored.step):
+    return None
+  return restored.params, int(restored.step)

@@ -94,11 +94,31 @@ def test_stage_one_checkpoints_keep_their_layout_and_trajectory(tmp_path):
       assert (leaf["shape"], leaf["dtype"]) == (theirs[path]["shape"], theirs[path]["dtype"])
       np.testing.assert_allclose(leaf["sum"], theirs[path]["sum"], rtol=1e-4, atol=1e-4,
                                  err_msg=f"step {step}, {path}")
+  # The newest checkpoint damaged: set aside, and the run resumes from the one
+  # before it and ends where it did.
+  uninterrupted = _restore(tmp_path / "checkpoints" / "6")["params"]
+  damaged = max((p for p in (tmp_path / "checkpoints" / "6").rglob("*") if p.is_file()),
+                key=lambda p: p.stat().st_size)
+  damaged.write_bytes(damaged.read_bytes()[:damaged.stat().st_size // 3])
+  with writers.MetricWriter(str(tmp_path), enabled=False) as writer:
+    state = train.train_stage(config, str(tmp_path), "stage1", stage_one, dataset, writer,
+                              parallel.data_mesh())
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+      "3", "6", "6.unreadable"]
+  jax.tree.map(np.testing.assert_array_equal, parallel.to_host(state.params), uninterrupted)
   # A later stage loads it, whatever devices wrote it.
   config.stage1.checkpoint = str(tmp_path)
   params, step = checkpoints.load_stage_one(config, stage_one)
   assert step == 6 and jax.tree.structure(params) == jax.tree.structure(
       jax.eval_shape(stage_one.init, jax.random.PRNGKey(0)))
+  # Loading (read-only, as the evaluation does) skips a damaged checkpoint and
+  # leaves it in place.
+  (tmp_path / "checkpoints" / "6" / "_CHECKPOINT_METADATA").unlink()
+  for file in (tmp_path / "checkpoints" / "6").rglob("*"):
+    if file.is_file():
+      file.write_bytes(b"")
+  params, step = checkpoints.load_stage_one(config, stage_one)
+  assert step == 3 and (tmp_path / "checkpoints" / "6").is_dir()
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):
@@ -115,8 +135,8 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
   state = steps.create_train_state(ours.init, optimizer, jax.random.PRNGKey(0))
   with pytest.raises(run_directory.RunDirectoryError,
                      match=r"Checkpoint 3 in .* does not match this config.s model "
-                     r"\(Requested shape: \(.*\) is not compatible with the "
-                     r"stored shape: \(.*\)\)\. Use another --workdir\.$"):
+                     r"\(params\['decoder'\]\['Dense_0'\]\['kernel'\] has shape \(4, 256\) "
+                     r"there but \(10, 256\) here\)\. Use another --workdir\.$"):
     checkpoints.restore_or_create_state(manager, state)
   manager.close()
   config.stage1.checkpoint = str(tmp_path)
