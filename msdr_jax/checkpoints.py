@@ -72,12 +72,15 @@ def _restore_newest_readable(
     set_aside: bool,
     mismatch_error: Callable[[int, str], Exception],
 ) -> Any | None:
-  """The newest checkpoint that can be read, restored into `abstract`; or None.
+  """The newest checkpoint that can be read, restored into `abstract`.
 
-  A checkpoint whose parameter shapes differ from `abstract`'s raises
-  `mismatch_error(step, first difference)`. One that cannot be read is
-  skipped with a warning; with `set_aside` it is renamed (`_set_aside`).
+  None when there is no checkpoint. A checkpoint whose parameter shapes
+  differ from `abstract`'s raises `mismatch_error(step, first difference)`.
+  Newer ones that cannot be read are skipped with a warning and, with
+  `set_aside`, renamed (`_set_aside`) once an older one has been read; when
+  none can be read, nothing is renamed and the error names the directory.
   """
+  unreadable = []
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       stored_params = manager.item_metadata(step).get("params")
@@ -87,13 +90,21 @@ def _restore_newest_readable(
     if mismatch:
       raise mismatch_error(step, mismatch)
     try:
-      return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     # TensorStore reports damaged files as a bare Exception.
     except Exception as e:  # pylint: disable=broad-except
-      reason = _first_sentence(e)
-    what = f"set aside as {_set_aside(manager, step)}" if set_aside else "skipped"
-    logging.warning("Checkpoint %d in %s cannot be read (%s); %s, trying the one before.",
-                    step, manager.directory, reason, what)
+      unreadable.append((step, _first_sentence(e)))
+      continue
+    for bad_step, reason in unreadable:
+      what = f"set aside as {_set_aside(manager, bad_step)}" if set_aside else "skipped"
+      logging.warning("Checkpoint %d in %s cannot be read (%s); %s, using step %d.",
+                      bad_step, manager.directory, reason, what, step)
+    return restored
+  if unreadable:
+    raise run_directory.RunDirectoryError(
+        f"No checkpoint in {manager.directory} can be read (step {unreadable[0][0]}: "
+        f"{unreadable[0][1]}). Move the directory away to start over, or use "
+        "another --workdir.")
   return None
 
 
@@ -147,15 +158,21 @@ def resume(
     manager: ocp.CheckpointManager, state: steps.TrainState, workdir: str, stage: str,
     num_steps: int,
 ) -> steps.TrainState:
-  """Restores the latest checkpoint; refuses one beyond `num_steps`."""
-  state = restore_or_create_state(manager, state)
-  start_step = int(state.step)
+  """Restores the latest readable checkpoint; refuses one beyond `num_steps`.
+
+  On a refusal `manager` is closed (no background thread outlives the error).
+  """
+  try:
+    state = restore_or_create_state(manager, state)
+    start_step = int(state.step)
+    if start_step > num_steps:
+      raise _beyond_num_steps(workdir, stage, start_step, num_steps)
+  except BaseException:
+    manager.close()
+    raise
   if start_step:
     logging.info("Resumed %s from the checkpoint at step %d.", STAGE_NAMES[stage],
                  start_step)
-  if start_step > num_steps:
-    manager.close()
-    raise _beyond_num_steps(workdir, stage, start_step, num_steps)
   return state
 
 
@@ -226,13 +243,11 @@ def load_stage_one(
       f"{mismatch}. Set --config.stage1.model.* and --config.data.* to the "
       "values the checkpoint was trained with.")
   try:
-    saved = bool(manager.all_steps())
     restored = _restore_newest_readable(manager, abstract, False, not_this_model)
   finally:
     manager.close()
   if restored is None:
-    raise run_directory.RunDirectoryError(
-        f"{path} holds no {'readable ' if saved else ''}stage-one checkpoint. {fix}")
+    raise run_directory.RunDirectoryError(f"{path} holds no stage-one checkpoint. {fix}")
   step = int(restored.step)
   return restored.params, step
 

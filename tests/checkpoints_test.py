@@ -119,6 +119,21 @@ def test_stage_one_checkpoints_keep_their_layout_and_trajectory(tmp_path):
       file.write_bytes(b"")
   params, step = checkpoints.load_stage_one(config, stage_one)
   assert step == 3 and (tmp_path / "checkpoints" / "6").is_dir()
+  # None readable: a one-line error naming the directory, nothing renamed, and
+  # training does not silently start over.
+  for file in (tmp_path / "checkpoints" / "3").rglob("*"):
+    if file.is_file() and file.name != "_CHECKPOINT_METADATA":
+      file.write_bytes(b"")
+  before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+  with pytest.raises(run_directory.RunDirectoryError,
+                     match=r"No checkpoint in .*checkpoints can be read \(step 6"):
+    checkpoints.load_stage_one(config, stage_one)
+  config.stage1.checkpoint = ""
+  with pytest.raises(run_directory.RunDirectoryError, match=r"Move the directory away"):
+    with writers.MetricWriter(str(tmp_path), enabled=False) as writer:
+      train.train_stage(config, str(tmp_path), "stage1", stage_one, dataset, writer,
+                        parallel.data_mesh())
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):
