@@ -143,10 +143,16 @@ def test_default_workdir_is_printed_and_reused(tmp_path):
   runs = list((tmp_path / "runs").iterdir())
   assert len(runs) == 1 and runs[0].name.startswith("dsprites-tiny-")
   assert f"work directory runs/{runs[0].name}" in first.stdout
-  second = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
-  assert second.returncode == 0
-  assert "Resumed stage one from the checkpoint at step 2" in second.stderr
+  # The same command with fewer steps (a resumable key: the same directory)
+  # finds the run there, and is refused before anything is written.
+  before = sorted(p.name for p in runs[0].iterdir())
+  second = subprocess.run([*args, "--config.stage1.num_steps=1"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert second.returncode == 1
+  assert f"work directory runs/{runs[0].name}" in second.stdout
+  assert (f"runs/{runs[0].name} holds stage one trained to step 2, beyond "
+          "config.stage1.num_steps=1") in second.stderr
+  assert sorted(p.name for p in runs[0].iterdir()) == before
 
 
 @pytest.mark.parametrize(
