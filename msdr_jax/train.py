@@ -2,8 +2,9 @@
 
 `train_and_evaluate(config, workdir)` reads as the method does:
 
-  validate → mesh → data → stage one trained or loaded → evaluate it
+  validate → mesh → data → stage one given, loaded or trained → evaluate it
   → stage two on the frozen stage one → evaluate the multi-stage model
+  → write metrics.json (once, every evaluation's scores)
 
 Each stage is built once and passed down. Both stages train through one loop
 (`train_stage`) around the one train step of `steps`: data are generated on
