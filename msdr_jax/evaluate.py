@@ -83,9 +83,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     elif has_stage_two:
       logging.warning("%s holds no stage-two checkpoint; evaluated stage one only.",
                       workdir)
-  results = {key: value for e in evaluations for key, value in e.scores.items()}
-  run_directory.write_json(epath.Path(workdir) / run_directory.METRICS_FILENAME, results)
-  return results
+  return writers.write_metrics(workdir, evaluations)
 
 
 def main(argv):

@@ -21,7 +21,6 @@ import time
 from typing import Any, Callable
 
 from absl import logging
-from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -139,11 +138,10 @@ def train_stage(
 
 def _train_and_evaluate_stage_two(
     config, workdir, stage_one, eval_stage_one, stage1_params, train_data, dataset,
-    writer, mesh, stage1_evaluation,
+    writer, mesh, compute_dtype, stage1_evaluation,
 ) -> evaluators.Evaluation | None:
   """Trains stage two on the frozen stage one, then evaluates the whole model."""
   start = time.time()
-  compute_dtype = steps.COMPUTE_DTYPES[config.compute_dtype]
   model = multi_stage.MultiStageModel.from_config(config, stage_one, compute_dtype)
   state = train_stage(config, workdir, "stage2", model, train_data, writer, mesh,
                       frozen=(stage1_params,))
@@ -250,13 +248,10 @@ def train_and_evaluate(
     if config.stage2.family != families.NO_STAGE_TWO:
       multi = _train_and_evaluate_stage_two(
           config, workdir, stage_one, eval_stage_one, stage1_params, train_data,
-          dataset, writer, mesh, evaluations[0] if main_process else None)
+          dataset, writer, mesh, compute_dtype, evaluations[0] if main_process else None)
       evaluations += [multi] if multi else []
 
   # --- Write metrics.json, once: every evaluation's scores.
-  results = {key: value for e in evaluations for key, value in e.scores.items()}
-  if main_process:
-    run_directory.write_json(epath.Path(workdir) / run_directory.METRICS_FILENAME,
-                             results)
+  results = writers.write_metrics(workdir, evaluations) if main_process else {}
   parallel.sync_processes("msdr_jax: evaluation done")
   return results

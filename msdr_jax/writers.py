@@ -11,6 +11,7 @@ from etils import epath
 import numpy as np
 import tensorboardX
 
+from msdr_jax import run_directory
 from msdr_jax import visualize
 
 
@@ -73,6 +74,13 @@ def write_evaluation(workdir: str, writer: MetricWriter, evaluation: Any) -> Non
   writer.write_scalars(evaluation.step, {
       f"eval/{key}": value for key, value in evaluation.scores.items()
       if isinstance(value, float)})
+
+
+def write_metrics(workdir: str, evaluations: Sequence[Any]) -> dict[str, Any]:
+  """Writes every evaluation's scores to `workdir/metrics.json`, once; returns them."""
+  results = {key: value for e in evaluations for key, value in e.scores.items()}
+  run_directory.write_json(epath.Path(workdir) / run_directory.METRICS_FILENAME, results)
+  return results
 
 
 def scalar_summary(
