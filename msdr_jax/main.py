@@ -108,6 +108,14 @@ def main(argv):
           "--coordinator_address=HOST:PORT (process 0's address) or --distributed.",
           file=sys.stderr, flush=True)
     sys.exit(2)
+  try:
+    # Before the config names a directory, and before JAX loads: a mistaken
+    # setting is reported at once.
+    configuration.validate(config)
+  except configuration.ConfigError as e:
+    print(f"msdr_jax: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
+  workdir = FLAGS.workdir or run_directory.default_workdir(config)
   # pylint: disable=g-import-not-at-top
   import jax
   from msdr_jax import parallel
@@ -120,8 +128,6 @@ def main(argv):
     parallel.initialize_distributed(
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   try:
-    configuration.validate(config)  # Before the config names a directory.
-    workdir = FLAGS.workdir or run_directory.default_workdir(config)
     logging.info("JAX devices: %s", jax.devices())
     logging.info("Work directory: %s", workdir)
     print(f"msdr_jax: work directory {workdir}", flush=True)

@@ -41,31 +41,6 @@ def test_train_step_is_deterministic_and_learns():
   assert losses_a[-1] < 0.7 * losses_a[0], losses_a
 
 
-def test_train_step_takes_a_mapped_axis():
-  """With axis_name, per-device gradients are averaged: 2 shards == 1 batch."""
-  config = _tiny_config()
-  dataset = data.get_dataset(config.data)
-  shape = dataset.observation_shape
-  images, _ = dataset.sample(jax.random.PRNGKey(0), 8)
-  stage_one = stage_one_lib.DisentanglingVAE.from_config(
-      config.stage1, shape, dataset.num_images)
-  state = steps.create_train_state(
-      stage_one.init, steps.make_optimizer(config.stage1.optimizer), jax.random.PRNGKey(1))
-  mapped_step = steps.make_train_step(stage_one.loss, axis_name="devices")
-  shards = images.reshape(2, 4, *shape)
-  rngs = jax.random.split(jax.random.PRNGKey(2), 2)
-  new_states, _ = jax.jit(
-      jax.vmap(mapped_step, in_axes=(None, 0, 0), axis_name="devices"))(
-          state, shards, rngs)
-  grad_fn = jax.jit(jax.grad(stage_one.loss, has_aux=True))
-  grads = [grad_fn(state.params, s, r)[0] for s, r in zip(shards, rngs)]
-  mean_grad = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, *grads)
-  expected = state.apply_gradients(grads=mean_grad)
-  jax.tree_util.tree_map(
-      lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=1e-6),
-      new_states.params, expected.params)
-
-
 def test_rng_streams_are_independent_and_keep_training_trajectories():
   init_rng, train_rng, eval_rng = steps.rng_streams(0)
   keys = [tuple(np.asarray(k)) for k in (init_rng, train_rng, eval_rng)]
