@@ -140,7 +140,7 @@ def model_figures(configs: Mapping[str, ml_collections.ConfigDict],
   dataset = data.get_dataset(stage_one_config.data)
   shape = dataset.observation_shape
   stage_one = stage_one_lib.DisentanglingVAE.from_config(stage_one_config.stage1, shape)
-  stage1_params, _ = checkpoints_lib.load_stage_one(stage_one_config, stage_one)
+  stage1_params, stage1_step = checkpoints_lib.load_stage_one(stage_one_config, stage_one)
 
   images, _ = dataset.sample(jax.random.PRNGKey(_FIGURE_KEY), _NUM_SHOWN)
   # Each computation jitted: run eagerly, every operation would compile alone.
@@ -163,7 +163,8 @@ def model_figures(configs: Mapping[str, ml_collections.ConfigDict],
       continue
     model = multi_stage.MultiStageModel.from_config(
         config, stage_one_lib.DisentanglingVAE.from_config(config.stage1, shape))
-    loaded = checkpoints_lib.load_stage_two(config, str(run_root / name), model, stage1_params)
+    loaded = checkpoints_lib.load_stage_two(config, str(run_root / name), model, stage1_params,
+                                            stage1_step)
     if loaded is None:
       raise FileNotFoundError(f"{run_root / name} holds no stage-two checkpoint.")
     params = {"stage1": stage1_params, "stage2": loaded[0]}

@@ -11,6 +11,11 @@ the structure of a freshly created one (`resume`); `load_stage_one` and
 `load_stage_two` give the parameters of a finished stage to another run, the
 evaluation or a notebook. `load_stage_one` also reads PyTorch checkpoints
 (`pytorch_import`).
+
+Every checkpoint carries its run's record (`run_record`, orbax's per-step
+custom metadata): the config's identity and, for stage two, the digest and
+step of the stage one it was trained on. Resuming or evaluating a
+checkpoint under another config or on another stage one is refused.
 """
 
 from __future__ import annotations
@@ -50,6 +55,42 @@ def manager(workdir: str, stage: str, max_to_keep: int) -> ocp.CheckpointManager
       epath.Path(workdir).absolute() / DIRECTORIES[stage], options=options)
 
 
+def run_record(
+    config: ml_collections.ConfigDict, stage1_params: Any = None, stage1_step: int = 0
+) -> dict[str, Any]:
+  """What a checkpoint records of its run: the config, and stage two's stage one.
+
+  With `stage1_params` (a stage-two checkpoint's record) it includes their
+  digest and step; without (stage one's, or a check made before stage one is
+  known) only the config is compared.
+  """
+  record = {"config": run_directory.run_identity(config)}
+  if stage1_params is not None:
+    record["stage1"] = {"params_sha256": stage_one_lib.params_digest(stage1_params),
+                        "step": int(stage1_step)}
+  return record
+
+
+def _stored_record(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The record checkpoint `step` was saved with ({} when it has none or it is
+  unreadable: its restore then decides)."""
+  try:
+    return dict(manager.metadata(step).custom_metadata or {})
+  except Exception:  # pylint: disable=broad-except
+    return {}
+
+
+def _check_record(manager: ocp.CheckpointManager, step: int, stage: str,
+                  record: dict[str, Any] | None) -> None:
+  difference = record and run_directory.record_difference(
+      _stored_record(manager, step), record)
+  if difference:
+    raise run_directory.RunDirectoryError(
+        f"The {STAGE_NAMES[stage]} checkpoint {step} in {manager.directory} "
+        f"{difference}. Use another --workdir, or the config and stage one it was "
+        "trained with.")
+
+
 def _first_sentence(error: Exception) -> str:
   return (str(error).splitlines() or [type(error).__name__])[0].split(". ")[0][:200]
 
@@ -71,17 +112,21 @@ def _restore_newest_readable(
     abstract: Any,
     set_aside: bool,
     mismatch_error: Callable[[int, str], Exception],
+    stage: str,
+    record: dict[str, Any] | None,
 ) -> Any | None:
   """The newest checkpoint that can be read, restored into `abstract`.
 
   None when there is no checkpoint. A checkpoint whose parameter shapes
-  differ from `abstract`'s raises `mismatch_error(step, first difference)`.
-  Newer ones that cannot be read are skipped with a warning and, with
-  `set_aside`, renamed (`_set_aside`) once an older one has been read; when
-  none can be read, nothing is renamed and the error names the directory.
+  differ from `abstract`'s raises `mismatch_error(step, first difference)`,
+  one whose record differs from `record` a `RunDirectoryError`. Newer ones
+  that cannot be read are skipped with a warning and, with `set_aside`,
+  renamed (`_set_aside`) once an older one has been read; when none can be
+  read, nothing is renamed and the error names the directory.
   """
   unreadable = []
   for step in sorted(manager.all_steps(), reverse=True):
+    _check_record(manager, step, stage, record)
     try:
       stored_params = manager.item_metadata(step).get("params")
     except Exception:  # pylint: disable=broad-except
@@ -109,22 +154,24 @@ def _restore_newest_readable(
 
 
 def restore_or_create_state(
-    manager: ocp.CheckpointManager, state: steps.TrainState
+    manager: ocp.CheckpointManager, state: steps.TrainState, stage: str,
+    record: dict[str, Any] | None = None,
 ) -> steps.TrainState:
   """The newest readable checkpoint, restored into the structure of `state`.
 
   `state` itself when there is none. A checkpoint of another model is refused
-  (the first parameter whose shape differs, both shapes named). One that
-  cannot be read (truncated, overwritten, files missing) is renamed to
-  `<step>.unreadable` (never deleted) with a warning, and the one before it
-  is tried.
+  (the first parameter whose shape differs, both shapes named), as is one
+  whose record differs from `record` (`run_record`). One that cannot be read
+  (truncated, overwritten, files missing) is renamed to `<step>.unreadable`
+  (never deleted) with a warning, and the one before it is tried.
   """
   abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
   restored = _restore_newest_readable(
       manager, abstract, set_aside=True,
       mismatch_error=lambda step, mismatch: run_directory.RunDirectoryError(
           f"Checkpoint {step} in {manager.directory} does not match this config's "
-          f"model ({mismatch}). Use another --workdir."))
+          f"model ({mismatch}). Use another --workdir."),
+      stage=stage, record=record)
   return state if restored is None else restored
 
 
@@ -147,23 +194,35 @@ def _beyond_num_steps(workdir: str, stage: str, step: int, num_steps: int) -> Ex
       f"--config.{stage}.num_steps={step} (or more), or another --workdir.")
 
 
-def check_resumable(workdir: str, stage: str, num_steps: int) -> None:
-  """Refuses, before anything is written, a stage trained beyond `num_steps`."""
+def check_resumable(workdir: str, stage: str, num_steps: int,
+                    record: dict[str, Any]) -> None:
+  """Refuses, before anything is written, a stage trained beyond `num_steps`,
+  or one whose newest checkpoint's record differs from `record`."""
   latest = latest_saved_step(workdir, stage)
-  if latest is not None and latest > num_steps:
+  if latest is None:
+    return
+  if latest > num_steps:
     raise _beyond_num_steps(workdir, stage, latest, num_steps)
+  manager = ocp.CheckpointManager(
+      epath.Path(workdir).absolute() / DIRECTORIES[stage],
+      options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+  try:
+    _check_record(manager, latest, stage, record)
+  finally:
+    manager.close()
 
 
 def resume(
     manager: ocp.CheckpointManager, state: steps.TrainState, workdir: str, stage: str,
-    num_steps: int,
+    num_steps: int, record: dict[str, Any],
 ) -> steps.TrainState:
-  """Restores the latest readable checkpoint; refuses one beyond `num_steps`.
+  """Restores the latest readable checkpoint; refuses one beyond `num_steps`
+  or one whose record differs from `record`.
 
   On a refusal `manager` is closed (no background thread outlives the error).
   """
   try:
-    state = restore_or_create_state(manager, state)
+    state = restore_or_create_state(manager, state, stage, record)
     start_step = int(state.step)
     if start_step > num_steps:
       raise _beyond_num_steps(workdir, stage, start_step, num_steps)
@@ -243,7 +302,8 @@ def load_stage_one(
       f"{mismatch}. Set --config.stage1.model.* and --config.data.* to the "
       "values the checkpoint was trained with.")
   try:
-    restored = _restore_newest_readable(manager, abstract, False, not_this_model)
+    restored = _restore_newest_readable(manager, abstract, False, not_this_model,
+                                        "stage1", record=None)
   finally:
     manager.close()
   if restored is None:
@@ -257,8 +317,13 @@ def load_stage_two(
     workdir: str,
     model: multi_stage.MultiStageModel,
     stage1_params: Any,
+    stage1_step: int,
 ) -> tuple[Any, int] | None:
-  """(params, step) of the latest stage-two checkpoint in `workdir`, or None."""
+  """(params, step) of the latest stage-two checkpoint in `workdir`, or None.
+
+  Refused when the checkpoint was trained under another config or on another
+  stage one than `stage1_params` (at `stage1_step`).
+  """
   path = epath.Path(workdir).absolute() / DIRECTORIES["stage2"]
   if not path.is_dir():
     return None
@@ -272,7 +337,8 @@ def load_stage_two(
         manager, _on_first_local_device(state), False,
         lambda step, mismatch: run_directory.RunDirectoryError(
             f"Stage-two checkpoint {step} in {path} does not match this config's "
-            f"model ({mismatch})."))
+            f"model ({mismatch})."),
+        "stage2", run_record(config, stage1_params, stage1_step))
   finally:
     manager.close()
   if restored is None or not int(restored.step):

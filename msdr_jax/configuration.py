@@ -165,7 +165,10 @@ def _validate_evaluation(config) -> None:
 
 def _validate_optimizer(config, stage: str, optimizers) -> None:
   _check_choice(config, f"{stage}.optimizer.name", optimizers)
-  _check_number(config, f"{stage}.optimizer.learning_rate", float, lambda v: v > 0, "> 0")
+  # Adam moves every parameter by about the learning rate each step; beyond 1
+  # the networks' weights (initialised well below 1) diverge at the first step.
+  _check_number(config, f"{stage}.optimizer.learning_rate", float, lambda v: 0 < v <= 1,
+                "in (0, 1]")
   for key in ("b1", "b2"):
     _check_number(
         config, f"{stage}.optimizer.{key}", float, lambda v: 0 <= v < 1, "in [0, 1)")

@@ -66,14 +66,15 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       config.stage1, dataset.observation_shape)
   stage1_params, stage1_step = checkpoints.load_stage_one(loading, stage_one)
   logging.info("Evaluating stage one (step %d) of %s.", stage1_step, stage_one_source)
-  with writers.MetricWriter(workdir) as writer:
+  with run_directory.locked(workdir), writers.MetricWriter(workdir) as writer:
     evaluations = [evaluators.stage_one.evaluate(
         config, dataset, stage_one, stage1_params, stage1_step)]
     writers.write_evaluation(workdir, writer, evaluations[0])
     has_stage_two = config.stage2.family != families.NO_STAGE_TWO
     if has_stage_two:
       model = multi_stage.MultiStageModel.from_config(config, stage_one)
-      stage_two = checkpoints.load_stage_two(config, workdir, model, stage1_params)
+      stage_two = checkpoints.load_stage_two(config, workdir, model, stage1_params,
+                                             stage1_step)
     if has_stage_two and stage_two is not None:
       params, step = stage_two
       evaluations.append(evaluators.multi_stage.evaluate(
@@ -83,7 +84,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     elif has_stage_two:
       logging.warning("%s holds no stage-two checkpoint; evaluated stage one only.",
                       workdir)
-  return writers.write_metrics(workdir, evaluations)
+    return writers.write_metrics(workdir, evaluations)
 
 
 def main(argv):

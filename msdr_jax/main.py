@@ -54,12 +54,15 @@ flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 
 def _user_errors() -> tuple[type[Exception], ...]:
   """Errors caused by the user's input: reported in one line, without traceback."""
-  from msdr_jax import data  # pylint: disable=g-import-not-at-top
-  from msdr_jax import parallel  # pylint: disable=g-import-not-at-top
-  from msdr_jax import steps  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from msdr_jax import data
+  from msdr_jax import evaluators
+  from msdr_jax import parallel
+  from msdr_jax import steps
+  # pylint: enable=g-import-not-at-top
   return (configuration.ConfigError, run_directory.RunDirectoryError, data.DataError,
-          steps.NonFiniteLossError, parallel.DeviceCountError,
-          parallel.ProcessMismatchError)
+          steps.NonFiniteLossError, evaluators.NonFiniteCodesError,
+          parallel.DeviceCountError, parallel.ProcessMismatchError)
 
 
 def _unknown_key(message: str) -> str:

@@ -35,12 +35,15 @@ and every process runs the same sharded program.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Sequence
 
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
+
+from msdr_jax import configuration
 
 DATA_AXIS = "data"
 
@@ -113,6 +116,32 @@ def check_batch_size(batch_size: int, num_devices: int, flag: str | None = None)
         f"{what} does not split evenly over {num_devices} devices. Use a multiple "
         f"of {num_devices} (e.g. {fix}), or fewer devices (CUDA_VISIBLE_DEVICES / "
         "TPU_VISIBLE_CHIPS).")
+
+
+def _memory_bytes(device: jax.Device) -> int:
+  """What `device` can hold: its allocator's limit, or the host's memory (CPU)."""
+  stats = device.memory_stats() or {}
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_batch_fits(
+    batch_size: int, image_shape: Sequence[int], num_devices: int, flag: str
+) -> None:
+  """Raises ConfigError when a device's share of a batch cannot fit on it.
+
+  Counts the float32 images alone, a lower bound (activations and gradients
+  take many times more), so it refuses only a batch that cannot run at all,
+  before anything is written, instead of failing inside XLA.
+  """
+  needed = -(-batch_size // num_devices) * int(np.prod(image_shape)) * 4
+  available = _memory_bytes(jax.local_devices()[0])
+  if needed > available:
+    raise configuration.ConfigError(
+        f"{flag}={batch_size} cannot fit: a device's share of its images alone "
+        f"takes {needed / 2**30:,.1f} GiB, more than the device's "
+        f"{available / 2**30:,.1f} GiB. Use a smaller --{flag} (the presets use 64).")
 
 
 def _put(leaf: Any, sharding: jax.sharding.NamedSharding) -> jax.Array:

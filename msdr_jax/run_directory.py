@@ -3,18 +3,22 @@
 A run directory is tied to the config that created it: `config.json` is
 written on the first start, and a later start with a config that differs in
 anything but the *resumable* keys (how long to train, how often to log and
-save, how to evaluate) is refused, so one directory never mixes two runs. A
-stage one given from Python is recorded by its parameters' digest
-(`stage_one.json`). The evaluation's results go to `metrics.json`, written
-atomically. The checkpoints are in `checkpoints`.
+save, how to evaluate) is refused, so one directory never mixes two runs. The
+checkpoints carry the same record (`checkpoints`), so the refusal holds even
+without `config.json`. One process at a time uses a directory (`locked`).
+The evaluation's results go to `metrics.json`, written atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import hashlib
 import json
 import os
-from typing import Any, Mapping
+import socket
+from typing import Any, Iterator, Mapping
 
 from etils import epath
 import ml_collections
@@ -151,47 +155,83 @@ def bind_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   _check_same_run(theirs, config, workdir)
 
 
-STAGE_ONE_FILENAME = "stage_one.json"
+LOCK_FILENAME = "lock"
 
 
-def bind_stage_one(workdir: str, digest: str) -> None:
-  """Records the digest of a stage one given from Python, or checks it.
+@contextlib.contextmanager
+def locked(workdir: str, enabled: bool = True) -> Iterator[None]:
+  """Holds `workdir`'s lock: a second process on the directory is refused.
 
-  A run whose stage one is not named by its config (`train_and_evaluate`'s
-  `stage_one` argument) keeps its parameters' digest in `stage_one.json`, so
-  that resuming it on other stage-one parameters is refused.
+  An advisory `flock` on `workdir/lock`, which names its holder. The kernel
+  releases it when the process ends however it ends (a SIGKILL leaves no
+  stale lock). Directories on remote file systems (`gs://...`) are not
+  locked. Creates `workdir` if needed.
   """
-  path = epath.Path(workdir) / STAGE_ONE_FILENAME
+  if not enabled or "://" in str(workdir):
+    yield
+    return
+  path = epath.Path(workdir) / LOCK_FILENAME
   try:
-    if path.exists():
-      theirs = json.loads(path.read_text()).get("params_sha256")
-      if theirs != digest:
-        raise RunDirectoryError(
-            f"{workdir} holds a run on another stage one (parameter digest "
-            f"{str(theirs)[:12]} there, {digest[:12]} here). Use another workdir, "
-            "or pass the stage-one parameters it was trained on.")
-      return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (STAGE_ONE_FILENAME + ".tmp")
-    tmp.write_text(json.dumps({"params_sha256": digest}))
-    tmp.replace(path)
-  except (OSError, ValueError) as e:
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
     raise RunDirectoryError(
-        f"Cannot use {path} ({type(e).__name__}: {e}). Use another workdir.") from e
+        f"Cannot use {workdir} ({e.strerror or type(e).__name__}: {path}). Use "
+        "another --workdir.") from e
+  try:
+    try:
+      fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.read(descriptor, 500).decode(errors="replace").strip() or "another process"
+      raise RunDirectoryError(
+          f"{workdir} is in use by {holder}. Wait for it to finish, or use another "
+          "--workdir.") from None
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"process {os.getpid()} on {socket.gethostname()} "
+              f"(started {started})\n".encode(), 0)
+    yield
+  finally:
+    os.close(descriptor)  # Releases the lock.
+
+
+def record_difference(stored: Mapping[str, Any], expected: Mapping[str, Any]) -> str | None:
+  """How a checkpoint's record differs from this run's, or None.
+
+  Records are `{"config": run_identity, "stage1": {"params_sha256", "step"}}`
+  (`checkpoints.run_record`); only the parts both hold are compared, so a
+  checkpoint written before records existed resumes.
+  """
+  if "config" in stored and "config" in expected:
+    difference = _config_difference(stored["config"], expected["config"])
+    if difference:
+      return f"was trained with another config: {difference}"
+  if "stage1" in stored and "stage1" in expected:
+    theirs, ours = stored["stage1"], expected["stage1"]
+    if theirs["params_sha256"] != ours["params_sha256"]:
+      return (f"was trained on another stage one (parameter digest "
+              f"{theirs['params_sha256'][:12]} at step {theirs['step']} there, "
+              f"{ours['params_sha256'][:12]} at step {ours['step']} here)")
+  return None
+
+
+def _config_difference(theirs: Mapping[str, Any], ours: Mapping[str, Any]) -> str | None:
+  """'key is X there but Y here (n key(s) differ)' between two run identities."""
+  differing = sorted(k for k in theirs.keys() | ours.keys()
+                     if theirs.get(k, "<absent>") != ours.get(k, "<absent>"))
+  if not differing:
+    return None
+  key = differing[0]
+  return (f"{key} is {theirs.get(key, '<absent>')!r} there but "
+          f"{ours.get(key, '<absent>')!r} here ({len(differing)} key(s) differ)")
 
 
 def _check_same_run(theirs: Mapping[str, Any], config, workdir: str) -> None:
-  ours = run_identity(config)
-  differing = sorted(k for k in theirs.keys() | ours.keys()
-                     if theirs.get(k, "<absent>") != ours.get(k, "<absent>"))
-  if differing:
-    key = differing[0]
+  difference = _config_difference(theirs, run_identity(config))
+  if difference:
     raise RunDirectoryError(
-        f"{workdir} holds a run with a different config: {key} is "
-        f"{theirs.get(key, '<absent>')!r} there but {ours.get(key, '<absent>')!r} "
-        f"here ({len(differing)} key(s) differ). Use another --workdir, or "
-        "rerun with the recorded config to resume."
-    )
+        f"{workdir} holds a run with a different config: {difference}. Use another "
+        "--workdir, or rerun with the recorded config to resume.")
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:

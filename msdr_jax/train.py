@@ -2,7 +2,8 @@
 
 `train_and_evaluate(config, workdir)` reads as the method does:
 
-  validate → mesh → data → stage one given, loaded or trained → evaluate it
+  validate → mesh → data → stage one given or loaded → refuse what cannot
+  resume → lock the run directory → stage one trained → evaluate it
   → stage two on the frozen stage one → evaluate the multi-stage model
   → write metrics.json (once, every evaluation's scores)
 
@@ -66,11 +67,13 @@ def _train_loop(
     train_iteration: Callable[[steps.TrainState], tuple[steps.TrainState, steps.Metrics]],
     manager: ocp.CheckpointManager,
     writer: writers.MetricWriter,
+    record: dict[str, Any],
 ) -> steps.TrainState:
   """Runs `train_iteration` from `state.step` to `config.<stage>.num_steps`.
 
   The only host synchronisation is every log interval and before saving, so
-  a non-finite value is caught before it can reach a checkpoint.
+  a non-finite value is caught before it can reach a checkpoint. Each
+  checkpoint carries `record` (`checkpoints.run_record`).
   """
   start_step, num_steps = int(state.step), config[stage].num_steps
   progress = writers.Progress(num_steps, start_step, config.batch_size)
@@ -89,7 +92,7 @@ def _train_loop(
                      progress.report(step, summary))
         pending = []
       if save:
-        manager.save(step, args=ocp.args.StandardSave(state))
+        manager.save(step, args=ocp.args.StandardSave(state), custom_metadata=record)
     manager.wait_until_finished()
   finally:
     manager.close()
@@ -105,6 +108,7 @@ def train_stage(
     writer: writers.MetricWriter,
     mesh: jax.sharding.Mesh,
     frozen: tuple[Any, ...] = (),
+    record: dict[str, Any] | None = None,
 ) -> steps.TrainState:
   """Trains (or resumes) one stage up to `config.<stage>.num_steps`.
 
@@ -119,6 +123,9 @@ def train_stage(
     writer: where the training curves go.
     mesh: the devices to train on; the returned state is replicated on it.
     frozen: `()` for stage one, `(stage1_params,)` for stage two.
+    record: what each checkpoint records of the run, and what a checkpoint
+      to resume must match (`checkpoints.run_record`; by default built from
+      the config and `frozen`, stage one's step taken as 0).
   """
   init_rng, train_rng, _ = steps.rng_streams(config.seed, _STAGE_NUMBERS[stage])
   iteration = steps.make_train_iteration(
@@ -127,24 +134,29 @@ def train_stage(
   state = steps.create_train_state(
       model.init, steps.make_optimizer(config[stage].optimizer), init_rng,
       *parallel.to_host(frozen))
+  if record is None:
+    record = checkpoints.run_record(config, *parallel.to_host(frozen))
   state = parallel.replicate(state, mesh)
   frozen = parallel.replicate(frozen, mesh)
   manager = checkpoints.manager(workdir, stage, config.max_checkpoints_to_keep)
-  state = checkpoints.resume(manager, state, workdir, stage, config[stage].num_steps)
+  state = checkpoints.resume(manager, state, workdir, stage, config[stage].num_steps,
+                             record)
   dataset = parallel.replicate(dataset, mesh)  # No copy if it already is.
   return _train_loop(config, workdir, stage, state,
-                     lambda state: iteration(state, frozen, dataset), manager, writer)
+                     lambda state: iteration(state, frozen, dataset), manager, writer,
+                     record)
 
 
 def _train_and_evaluate_stage_two(
-    config, workdir, stage_one, eval_stage_one, stage1_params, train_data, dataset,
-    writer, mesh, compute_dtype, stage1_evaluation,
+    config, workdir, stage_one, eval_stage_one, stage1_params, stage1_step, train_data,
+    dataset, writer, mesh, compute_dtype, stage1_evaluation,
 ) -> evaluators.Evaluation | None:
   """Trains stage two on the frozen stage one, then evaluates the whole model."""
   start = time.time()
   model = multi_stage.MultiStageModel.from_config(config, stage_one, compute_dtype)
   state = train_stage(config, workdir, "stage2", model, train_data, writer, mesh,
-                      frozen=(stage1_params,))
+                      frozen=(stage1_params,),
+                      record=checkpoints.run_record(config, stage1_params, stage1_step))
   logging.info("Stage two trained in %.1f s.", time.time() - start)
   params = {"stage1": stage1_params, "stage2": parallel.to_host(state.params)}
   stage2_step = int(state.step)
@@ -167,8 +179,8 @@ def train_and_evaluate(
   """Trains stage one and stage two in `workdir` (resuming), then evaluates.
 
   Stage one is, in this order: `stage_one` with its `stage1_params` when
-  given (any disentangler, e.g. a user's own Flax networks; the run records
-  their digest and refuses to resume on others); the checkpoint
+  given (any disentangler, e.g. a user's own Flax networks; stage two's
+  checkpoints record their digest, and resuming on others is refused); the checkpoint
   `config.stage1.checkpoint` names (a run of this library, or a PyTorch
   checkpoint); otherwise it is trained here. Stage two
   (`config.stage2.family`, unless "none") is then trained on it, frozen.
@@ -192,6 +204,7 @@ def train_and_evaluate(
   train_data = parallel.replicate(data.get_dataset(config.data), mesh)
   dataset = parallel.local_replica(train_data)
   image_shape = dataset.observation_shape
+  parallel.check_batch_fits(config.batch_size, image_shape, mesh.size, "config.batch_size")
 
   # --- Stage one: given, loaded or to be trained. Checked before the run
   # directory is created or bound.
@@ -200,58 +213,65 @@ def train_and_evaluate(
   if not given:
     stage_one = stage_one_lib.DisentanglingVAE.from_config(
         config.stage1, image_shape, dataset.num_images, compute_dtype)
+  stage1_step = 0  # A given stage one's; a loaded one's is its checkpoint's.
   if config.stage1.checkpoint:
     stage1_params, stage1_step = checkpoints.load_stage_one(config, stage_one)
-  # A stage trained beyond its num_steps is refused before anything is written.
+  # A stage trained beyond its num_steps, or under another config or on another
+  # stage one (known here unless it trains in this run), is refused before
+  # anything is written.
   if not (given or config.stage1.checkpoint):
-    checkpoints.check_resumable(workdir, "stage1", config.stage1.num_steps)
+    checkpoints.check_resumable(workdir, "stage1", config.stage1.num_steps,
+                                checkpoints.run_record(config))
   if config.stage2.family != families.NO_STAGE_TWO:
-    checkpoints.check_resumable(workdir, "stage2", config.stage2.num_steps)
-  main_process = parallel.is_main_process()
-  if main_process:
-    run_directory.bind_workdir(config, workdir)
-    if given:
-      run_directory.bind_stage_one(workdir, stage_one_lib.params_digest(stage1_params))
-  parallel.sync_processes("msdr_jax: work directory bound")
+    checkpoints.check_resumable(workdir, "stage2", config.stage2.num_steps,
+                                checkpoints.run_record(config, stage1_params, stage1_step))
   # The library's networks are evaluated in float32, whatever they trained in.
   eval_stage_one = stage_one
   if not given and compute_dtype != jnp.float32:
     eval_stage_one = stage_one_lib.DisentanglingVAE.from_config(
         config.stage1, image_shape, dataset.num_images)
 
-  with writers.MetricWriter(workdir, enabled=main_process) as writer:
-    start = time.time()
-    if given:
-      stage1_step = 0
-      logging.info("Stage one given: %s images, %d latents, %s likelihood.",
-                   "x".join(map(str, stage_one.image_shape)), stage_one.latent_dim,
-                   stage_one.likelihood)
-    elif config.stage1.checkpoint:
-      logging.info("Loaded stage one (step %d) from %s.", stage1_step,
-                   config.stage1.checkpoint)
-    else:
-      state = train_stage(config, workdir, "stage1", stage_one, train_data, writer, mesh)
-      stage1_params, stage1_step = parallel.to_host(state.params), int(state.step)
-      del state  # Frees the replicas and the optimizer state.
-      logging.info("Stage one trained in %.1f s.", time.time() - start)
-
-    # --- Evaluate stage one: on one device of the first process, on host
-    # copies of the parameters; the other processes go on to stage two and
-    # wait for it at stage two's first step.
-    evaluations = []
+  # --- From here on the run writes to its directory, which one process (the
+  # first of a multi-host job) holds locked.
+  main_process = parallel.is_main_process()
+  with run_directory.locked(workdir, enabled=main_process):
     if main_process:
-      evaluations.append(evaluators.stage_one.evaluate(
-          config, dataset, eval_stage_one, stage1_params, stage1_step))
-      writers.write_evaluation(workdir, writer, evaluations[-1])
+      run_directory.bind_workdir(config, workdir)
+    parallel.sync_processes("msdr_jax: work directory bound")
+    with writers.MetricWriter(workdir, enabled=main_process) as writer:
+      start = time.time()
+      if given:
+        logging.info("Stage one given: %s images, %d latents, %s likelihood.",
+                     "x".join(map(str, stage_one.image_shape)), stage_one.latent_dim,
+                     stage_one.likelihood)
+      elif config.stage1.checkpoint:
+        logging.info("Loaded stage one (step %d) from %s.", stage1_step,
+                     config.stage1.checkpoint)
+      else:
+        state = train_stage(config, workdir, "stage1", stage_one, train_data, writer,
+                            mesh)
+        stage1_params, stage1_step = parallel.to_host(state.params), int(state.step)
+        del state  # Frees the replicas and the optimizer state.
+        logging.info("Stage one trained in %.1f s.", time.time() - start)
 
-    # --- Stage two on the frozen stage one, and the multi-stage evaluation.
-    if config.stage2.family != families.NO_STAGE_TWO:
-      multi = _train_and_evaluate_stage_two(
-          config, workdir, stage_one, eval_stage_one, stage1_params, train_data,
-          dataset, writer, mesh, compute_dtype, evaluations[0] if main_process else None)
-      evaluations += [multi] if multi else []
+      # --- Evaluate stage one: on one device of the first process, on host
+      # copies of the parameters; the other processes go on to stage two and
+      # wait for it at stage two's first step.
+      evaluations = []
+      if main_process:
+        evaluations.append(evaluators.stage_one.evaluate(
+            config, dataset, eval_stage_one, stage1_params, stage1_step))
+        writers.write_evaluation(workdir, writer, evaluations[-1])
 
-  # --- Write metrics.json, once: every evaluation's scores.
-  results = writers.write_metrics(workdir, evaluations) if main_process else {}
+      # --- Stage two on the frozen stage one, and the multi-stage evaluation.
+      if config.stage2.family != families.NO_STAGE_TWO:
+        multi = _train_and_evaluate_stage_two(
+            config, workdir, stage_one, eval_stage_one, stage1_params, stage1_step,
+            train_data, dataset, writer, mesh, compute_dtype,
+            evaluations[0] if main_process else None)
+        evaluations += [multi] if multi else []
+
+    # --- Write metrics.json, once: every evaluation's scores.
+    results = writers.write_metrics(workdir, evaluations) if main_process else {}
   parallel.sync_processes("msdr_jax: evaluation done")
   return results

@@ -63,7 +63,6 @@ def test_an_older_stage_two_run_resumes_on_its_trajectory(tmp_path):
   # The older run directory is this config's, on this stage one.
   run_directory.check_workdir(config, str(workdir))
   run_directory.bind_workdir(config, str(workdir))
-  run_directory.bind_stage_one(str(workdir), stage_one_lib.params_digest(stage1_params))
 
   model = multi_stage.MultiStageModel.from_config(config, make_fixture.given_stage_one())
   mesh = parallel.data_mesh()
@@ -74,7 +73,29 @@ def test_an_older_stage_two_run_resumes_on_its_trajectory(tmp_path):
   assert int(state.step) == 6
   uninterrupted = _restore(OLD_RUN / "stage_two" / "checkpoints_stage2" / "6")
   _assert_same_trajectory(parallel.to_host(state.params), uninterrupted["params"])
-  assert checkpoints.load_stage_two(config, str(workdir), model, stage1_params)[1] == 6
+  assert checkpoints.load_stage_two(config, str(workdir), model, stage1_params, 0)[1] == 6
+
+  # Its new checkpoint records the stage one and the config: resuming it on
+  # another stage one, or under another config (config.json gone), is refused.
+  other_params = jax.tree.map(lambda x: x + 1e-3, stage1_params)
+  digests = [stage_one_lib.params_digest(p)[:12] for p in (stage1_params, other_params)]
+  another_stage_one = (rf"The stage two checkpoint 6 in .*checkpoints_stage2 was trained on "
+                       rf"another stage one \(parameter digest {digests[0]} at step 0 there, "
+                       rf"{digests[1]} at step 0 here\)\. Use another --workdir")
+  with pytest.raises(run_directory.RunDirectoryError, match=another_stage_one):
+    checkpoints.check_resumable(str(workdir), "stage2", 6,
+                                checkpoints.run_record(config, other_params))
+  with pytest.raises(run_directory.RunDirectoryError, match=another_stage_one):
+    checkpoints.load_stage_two(config, str(workdir), model, other_params, 0)
+  (workdir / "config.json").unlink()
+  config.stage2.optimizer.learning_rate *= 2
+  with pytest.raises(run_directory.RunDirectoryError,
+                     match=r"checkpoint 6 in .* was trained with another config: "
+                           r"stage2\.optimizer\.learning_rate is 0\.0001 there but 0\.0002 here "
+                           r"\(1 key\(s\) differ\)"):
+    with writers.MetricWriter(str(workdir), enabled=False) as writer:
+      train.train_stage(config, str(workdir), "stage2", model, dataset, writer, mesh,
+                        frozen=(stage1_params,))
 
 
 def test_stage_one_checkpoints_keep_their_layout_and_trajectory(tmp_path):
@@ -152,7 +173,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
                      match=r"Checkpoint 3 in .* does not match this config.s model "
                      r"\(params\['decoder'\]\['Dense_0'\]\['kernel'\] has shape \(4, 256\) "
                      r"there but \(10, 256\) here\)\. Use another --workdir\.$"):
-    checkpoints.restore_or_create_state(manager, state)
+    checkpoints.restore_or_create_state(manager, state, "stage1")
   manager.close()
   config.stage1.checkpoint = str(tmp_path)
   with pytest.raises(run_directory.RunDirectoryError,

@@ -2,7 +2,10 @@
 
 import importlib
 import json
+import os
 import pathlib
+import re
+import socket
 import subprocess
 import sys
 
@@ -48,7 +51,8 @@ def test_every_preset_of_every_config_file_is_valid(name):
         ("stage1.objective.beta", -1.0, r"config.stage1.objective.beta=-1.0 must be >= 0"),
         ("stage1.model.latent_dim", 0, "latent_dim=0 must be >= 1"),
         ("batch_size", 1, "config.batch_size=1 must be >= 2"),
-        ("stage1.optimizer.learning_rate", 0.0, "learning_rate=0.0 must be > 0"),
+        ("stage1.optimizer.learning_rate", 0.0, r"learning_rate=0.0 must be in \(0, 1\]"),
+        ("stage2.optimizer.learning_rate", 1e6, r"learning_rate=1000000.0 must be in \(0, 1\]"),
         ("eval.num_points", 250, "multiple of config.eval.batch_size"),
         ("stage1.objective.beta", float("inf"), "beta=inf must be a finite number"),
         ("name", "", "config.name='' must be a non-empty name"),
@@ -126,14 +130,38 @@ def test_a_run_recorded_before_newer_keys_existed_still_resumes(tmp_path):
     run_directory.check_workdir(config, str(tmp_path))
 
 
-def test_a_stage_one_given_from_python_is_recorded_then_checked(tmp_path):
-  run_directory.bind_stage_one(str(tmp_path), "ab" * 32)
-  run_directory.bind_stage_one(str(tmp_path), "ab" * 32)  # The same: resumes.
-  assert json.loads((tmp_path / "stage_one.json").read_text()) == {"params_sha256": "ab" * 32}
-  with pytest.raises(run_directory.RunDirectoryError,
-                     match=r"another stage one \(parameter digest abababababab there, "
-                           r"cdcdcdcdcdcd here\)"):
-    run_directory.bind_stage_one(str(tmp_path), "cd" * 32)
+def test_a_checkpoint_record_names_what_differs():
+  config = dsprites.get_config("preset=tiny")
+  ours = {"config": run_directory.run_identity(config),
+          "stage1": {"params_sha256": "ab" * 32, "step": 40}}
+  assert run_directory.record_difference(ours, ours) is None
+  assert run_directory.record_difference({}, ours) is None  # Saved before records.
+  retrained = {**ours, "stage1": {"params_sha256": "cd" * 32, "step": 12}}
+  assert run_directory.record_difference(retrained, ours) == (
+      "was trained on another stage one (parameter digest cdcdcdcdcdcd at step 12 "
+      "there, abababababab at step 40 here)")
+  config.stage1.num_steps += 1  # Resumable: the same run.
+  assert run_directory.record_difference(
+      ours, {"config": run_directory.run_identity(config)}) is None
+  config.stage1.objective.beta += 2
+  assert run_directory.record_difference(
+      ours, {"config": run_directory.run_identity(config)}) == (
+          "was trained with another config: stage1.objective.beta is 6.0 there but 8.0 "
+          "here (1 key(s) differ)")
+
+
+def test_a_locked_work_directory_is_refused_naming_its_holder(tmp_path):
+  workdir = tmp_path / "run"
+  with run_directory.locked(str(workdir)):
+    holder = (workdir / "lock").read_text().strip()
+    assert holder.startswith(f"process {os.getpid()} on {socket.gethostname()} (started ")
+    with pytest.raises(run_directory.RunDirectoryError,
+                       match=rf"{workdir} is in use by {re.escape(holder)}\. Wait for it "
+                             r"to finish, or use another --workdir\.$"):
+      with run_directory.locked(str(workdir)):
+        pass
+  with run_directory.locked(str(workdir)):  # Released: usable again.
+    pass
 
 
 def test_flatten_names_every_leaf_by_its_path():

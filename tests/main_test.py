@@ -16,6 +16,8 @@ from PIL import Image
 import pytest
 from tensorboardX.proto import event_pb2
 
+from msdr_jax import run_directory
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = "--config=configs/dsprites.py:preset=tiny"
 # Long enough to be killed in the middle, short enough for CI.
@@ -181,6 +183,25 @@ def test_cli_refuses_workdir_of_another_config(uninterrupted_run):
   assert "holds a run with a different config: stage1.objective.beta" in stderr
   assert "Traceback" not in stderr
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+
+
+def test_a_work_directory_in_use_is_refused_naming_its_holder(uninterrupted_run):
+  workdir = uninterrupted_run[0]
+  before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+  with run_directory.locked(str(workdir)):  # As a running job holds it.
+    holder = (workdir / "lock").read_text().strip()
+    code, _, stderr = _run(*RESUMABLE, f"--workdir={workdir}")
+    evaluation = subprocess.run(
+        [sys.executable, "-m", "msdr_jax.evaluate", f"--workdir={workdir}"], cwd=REPO,
+        capture_output=True, text=True, timeout=300)
+  assert code == 1
+  assert f"msdr_jax: error: {workdir} is in use by {holder}. Wait for it" in stderr
+  assert evaluation.returncode == 1
+  assert f"msdr_jax.evaluate: error: {workdir} is in use by {holder}." in evaluation.stderr
+  assert "Traceback" not in stderr + evaluation.stderr
+  lock = workdir / "lock"
+  assert {p: t for p, t in before.items() if p != lock} == {
+      p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p != lock}
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import dsprites
+from msdr_jax import evaluators
+from msdr_jax import stage_one as stage_one_lib
 from msdr_jax import steps
 from msdr_jax import train
 
@@ -79,6 +81,26 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(
         tmp_path / "checkpoints" / str(step) / "default")
     assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(restored["params"]))
   assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_diverged_stage_one_is_one_line_and_keeps_the_last_complete_results(tmp_path):
+  config = _tiny_config()
+  config.stage2.family = "none"
+  config.eval.disentanglement.metrics = "mig"
+  config.eval.sample_quality.num_samples = 0
+  vae = stage_one_lib.DisentanglingVAE.from_config(config.stage1, (64, 64, 1))
+  stage_one = stage_one_lib.StageOne(vae.encode, vae.decode, vae.image_shape,
+                                     vae.latent_dim, vae.likelihood)
+  params = vae.init(jax.random.PRNGKey(0))
+  train.train_and_evaluate(config, str(tmp_path), stage_one, params)
+  results = (tmp_path / "metrics.json").read_text()
+  exploded = jax.tree.map(lambda x: x * 1e30, params)
+  with pytest.raises(evaluators.NonFiniteCodesError,
+                     match=r"^Stage one's codes at step 0 are NaN or infinite for 200 of 200 "
+                           r"evaluation points: its parameters diverged\. Start a new run "
+                           r"with a lower --config\.stage1\.optimizer\.learning_rate"):
+    train.train_and_evaluate(config, str(tmp_path), stage_one, exploded)
+  assert (tmp_path / "metrics.json").read_text() == results
 
 
 def test_nonfinite_gradients_with_a_finite_loss_are_caught():

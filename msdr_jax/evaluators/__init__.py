@@ -13,3 +13,4 @@ from every evaluation's scores (`train.train_and_evaluate`,
 from msdr_jax.evaluators import multi_stage
 from msdr_jax.evaluators import stage_one
 from msdr_jax.evaluators.common import Evaluation
+from msdr_jax.evaluators.common import NonFiniteCodesError

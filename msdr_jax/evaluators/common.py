@@ -19,6 +19,19 @@ NUM_SHOWN = 16  # Images per reconstruction figure.
 SUITE_STREAM, REAL_IMAGES_STREAM, SAMPLES_STREAM = 2**20, 2**20 + 1, 2**20 + 2
 
 
+class NonFiniteCodesError(ValueError):
+  """A model's codes are NaN or infinite: its training diverged."""
+
+
+def check_finite_codes(means: np.ndarray, what: str, step: int, fix: str) -> None:
+  """Raises NonFiniteCodesError, in one line, if any code in `means` [N, K] is not finite."""
+  bad_points = int(np.sum(~np.all(np.isfinite(means), axis=1)))
+  if bad_points:
+    raise NonFiniteCodesError(
+        f"{what}'s codes at step {step} are NaN or infinite for {bad_points} of "
+        f"{len(means)} evaluation points: its parameters diverged. {fix}")
+
+
 class Evaluation(NamedTuple):
   """One evaluation's results.
 

@@ -89,6 +89,10 @@ def evaluate(
       eval_batch, eval_config.num_points // eval_config.batch_size, rng)
   cat = lambda name: np.concatenate([b[name] for b in batches])
   means = cat("mean")
+  common.check_finite_codes(
+      means, "Stage one", step,
+      "Start a new run with a lower --config.stage1.optimizer.learning_rate (a "
+      "stage one given from Python: check its encoder).")
   kl_per_latent = cat("kl_per_latent").mean(0)
   mean_variance = means.var(0)
   active = mean_variance > eval_config.active_variance_threshold
