@@ -254,7 +254,7 @@ def main(argv):
   # Imported here: matplotlib is only needed to draw (the `experiments` extra).
   from experiments import figures  # pylint: disable=g-import-not-at-top
 
-  writers.hide_library_info_logs()
+  writers.filter_library_logs()
   try:
     betas = [float(b) for b in _BETAS.value]
     seeds = [int(s) for s in _SEEDS.value]

@@ -411,7 +411,7 @@ def main(argv):
   # Imported here: matplotlib is only needed to draw (the `experiments` extra).
   from experiments import figures  # pylint: disable=g-import-not-at-top
 
-  writers.hide_library_info_logs()
+  writers.filter_library_logs()
   if not os.path.isdir(FLAGS.checkpoints):
     raise app.UsageError(f"--checkpoints={FLAGS.checkpoints} is not a directory.")
   names = FLAGS.models or dsprites_checkpoints(FLAGS.checkpoints)

@@ -21,6 +21,7 @@ checkpoint under another config or on another stage one is refused.
 from __future__ import annotations
 
 import functools
+import shutil
 from typing import Any, Callable
 
 from absl import logging
@@ -53,6 +54,30 @@ def manager(workdir: str, stage: str, max_to_keep: int) -> ocp.CheckpointManager
       max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True)
   return ocp.CheckpointManager(
       epath.Path(workdir).absolute() / DIRECTORIES[stage], options=options)
+
+
+def check_free_space(manager: ocp.CheckpointManager, state: Any, step: int,
+                     stage: str) -> None:
+  """Refuses to start a save that the disk has no room for.
+
+  A save that runs out of space fails inside orbax's background threads,
+  which leave a half-written checkpoint and a screen of tracebacks; checked
+  first, the run stops in one line with its complete checkpoints intact.
+  The size is the state's bytes plus a margin for orbax's metadata.
+  """
+  needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state)) * 1.1 + 2**20
+  try:
+    free = shutil.disk_usage(manager.directory).free
+  except (OSError, NotImplementedError, TypeError):
+    return  # Remote storage: nothing to measure.
+  if needed > free:
+    latest = manager.latest_step()
+    raise run_directory.RunDirectoryError(
+        f"Cannot write {STAGE_NAMES[stage]}'s checkpoint {step} in {manager.directory}: "
+        f"it needs {needed / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free. Free "
+        "space, then rerun the same command to resume from "
+        + (f"its checkpoint {latest}" if latest is not None else "the start")
+        + "; or use another --workdir.")
 
 
 def run_record(

@@ -66,7 +66,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       config.stage1, dataset.observation_shape)
   stage1_params, stage1_step = checkpoints.load_stage_one(loading, stage_one)
   logging.info("Evaluating stage one (step %d) of %s.", stage1_step, stage_one_source)
-  with run_directory.locked(workdir), writers.MetricWriter(workdir) as writer:
+  with (run_directory.locked(workdir), run_directory.storage_errors_reported(workdir),
+        writers.MetricWriter(workdir) as writer):
     evaluations = [evaluators.stage_one.evaluate(
         config, dataset, stage_one, stage1_params, stage1_step)]
     writers.write_evaluation(workdir, writer, evaluations[0])
@@ -90,7 +91,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  writers.hide_library_info_logs()
+  writers.filter_library_logs()
   workdir = _WORKDIR.value
   try:
     config = run_directory.load_run_config(workdir)

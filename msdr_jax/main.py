@@ -15,6 +15,7 @@ detects) or with the coordinator named explicitly:
       --coordinator_address=host0:1234 --num_processes=2 --process_id=0
 """
 
+import os
 import re
 import sys
 
@@ -125,7 +126,7 @@ def main(argv):
   from msdr_jax import train
   from msdr_jax import writers
   # pylint: enable=g-import-not-at-top
-  writers.hide_library_info_logs()
+  writers.filter_library_logs()
   if distributed:
     # Before anything else touches JAX's backends.
     parallel.initialize_distributed(
@@ -137,7 +138,12 @@ def main(argv):
     train.train_and_evaluate(config, workdir)
   except _user_errors() as e:
     print(f"msdr_jax: error: {e}", file=sys.stderr, flush=True)
-    sys.exit(1)
+    # Without the interpreter's shutdown: after a failed checkpoint write,
+    # orbax's background threads leave coroutines that it would report as
+    # tracebacks. The checkpoint manager has closed; the kernel frees the lock.
+    logging.flush()
+    sys.stdout.flush()
+    os._exit(1)  # pylint: disable=protected-access
   print(f"msdr_jax: results in {workdir}", flush=True)
 
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import pathlib
+import shutil
 import socket
 from typing import Any, Iterator, Mapping
 
@@ -144,9 +147,7 @@ def bind_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
       theirs = _identity(flatten(json.loads(path.read_text())))
     else:
       path.parent.mkdir(parents=True, exist_ok=True)
-      tmp = path.parent / (CONFIG_FILENAME + ".tmp")
-      tmp.write_text(config.to_json(indent=2, sort_keys=True))
-      tmp.replace(path)
+      write_json(path, json.loads(config.to_json()))
       return
   except (OSError, ValueError) as e:  # Unwritable directory, corrupt JSON.
     raise RunDirectoryError(
@@ -175,9 +176,7 @@ def locked(workdir: str, enabled: bool = True) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   except OSError as e:
-    raise RunDirectoryError(
-        f"Cannot use {workdir} ({e.strerror or type(e).__name__}: {path}). Use "
-        "another --workdir.") from e
+    raise _storage_error(workdir, _storage_reason(e) or str(e)) from None
   try:
     try:
       fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -265,8 +264,72 @@ def _has_key(config: ml_collections.ConfigDict, dotted: str) -> bool:
 
 
 def write_json(path: epath.PathLike, payload: dict[str, Any]) -> None:
-  """Writes `payload` to `path` atomically (a reader sees the old or the new file)."""
+  """Writes `payload` to `path` atomically (a reader sees the old or the new
+  file; a failed write leaves neither a partial file nor a changed one)."""
   path = epath.Path(path)
   tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-  tmp.replace(path)
+  try:
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    tmp.replace(path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+
+
+# What a full, read-only or forbidden file system makes writes fail with, as
+# errno codes (Python's OSError) or their messages (TensorStore's errors,
+# which orbax raises as ValueError).
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
+                   errno.EPERM)
+_STORAGE_MESSAGES = tuple(os.strerror(code) for code in _STORAGE_ERRNOS)
+# Files that exist only while being written: `write_json`'s, and orbax's
+# checkpoints, written under a temporary name until complete.
+_PARTIAL_FILES = ("*.tmp", "*.orbax-checkpoint-tmp*")
+
+
+def is_storage_error_text(text: str) -> bool:
+  """Whether an error message says the disk is full, read-only or forbidden."""
+  return any(message in text for message in _STORAGE_MESSAGES)
+
+
+def _storage_reason(error: BaseException) -> str | None:
+  if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
+    return os.strerror(error.errno) + (f" ({error.filename})" if error.filename else "")
+  text = str(error)
+  return next((message for message in _STORAGE_MESSAGES if message in text), None)
+
+
+def _remove_partial_files(workdir: str) -> None:
+  if "://" in str(workdir):
+    return  # Remote storage: orbax removes its partial checkpoints on the next start.
+  for pattern in _PARTIAL_FILES:
+    for path in pathlib.Path(workdir).rglob(pattern):
+      try:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+      except OSError:
+        pass  # Unremovable on this file system too; a rerun's save replaces it.
+
+
+@contextlib.contextmanager
+def storage_errors_reported(workdir: str) -> Iterator[None]:
+  """Turns a write that fails for lack of space or permission into one line.
+
+  The error becomes a `RunDirectoryError` naming `workdir` and the reason,
+  and files left half-written are removed; the complete checkpoints and
+  results already there are kept, so a rerun resumes from them.
+  """
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    reason = _storage_reason(e)
+    if reason is None:
+      raise
+    _remove_partial_files(workdir)
+    raise _storage_error(workdir, reason) from None
+
+
+def _storage_error(workdir: str, reason: str) -> RunDirectoryError:
+  return RunDirectoryError(
+      f"Cannot write in {workdir}: {reason}. Free space or make it writable, then "
+      "rerun the same command to resume from its last complete checkpoint; or use "
+      "another --workdir.")

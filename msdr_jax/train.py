@@ -92,6 +92,7 @@ def _train_loop(
                      progress.report(step, summary))
         pending = []
       if save:
+        checkpoints.check_free_space(manager, state, step, stage)
         manager.save(step, args=ocp.args.StandardSave(state), custom_metadata=record)
     manager.wait_until_finished()
   finally:
@@ -232,9 +233,11 @@ def train_and_evaluate(
         config.stage1, image_shape, dataset.num_images)
 
   # --- From here on the run writes to its directory, which one process (the
-  # first of a multi-host job) holds locked.
+  # first of a multi-host job) holds locked. A full or read-only disk stops it
+  # in one line, its complete checkpoints kept.
   main_process = parallel.is_main_process()
-  with run_directory.locked(workdir, enabled=main_process):
+  with (run_directory.locked(workdir, enabled=main_process),
+        run_directory.storage_errors_reported(workdir)):
     if main_process:
       run_directory.bind_workdir(config, workdir)
     parallel.sync_processes("msdr_jax: work directory bound")

@@ -15,16 +15,27 @@ from msdr_jax import run_directory
 from msdr_jax import visualize
 
 
-class _HideLibraryInfo(std_logging.Filter):
-  """Keeps orbax's per-save INFO chatter out of the training log."""
+class _LibraryLogFilter(std_logging.Filter):
+  """Keeps orbax's chatter out of the training log (INFO on every save,
+  warnings about read-only managers and items it was not asked to restore),
+  and the tracebacks its background threads log when the disk is full or
+  read-only: the run reports that in one line
+  (`run_directory.storage_errors_reported`)."""
 
   def filter(self, record):
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+    from_library = "/orbax/" in record.pathname or record.name == "asyncio"
+    if not from_library:
+      return True
+    if record.levelno < std_logging.ERROR:
+      return False
+    text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+    return not run_directory.is_storage_error_text(text)
 
 
-def hide_library_info_logs() -> None:
-  """Hides libraries' INFO records (orbax logs every save) from absl's log."""
-  logging.get_absl_handler().addFilter(_HideLibraryInfo())
+def filter_library_logs() -> None:
+  """Filters libraries' records from absl's log (`_LibraryLogFilter`)."""
+  logging.get_absl_handler().addFilter(_LibraryLogFilter())
+  std_logging.getLogger("asyncio").addFilter(_LibraryLogFilter())
 
 
 class MetricWriter:

@@ -1,7 +1,10 @@
 """In-process tests of the program: the documented examples and the training loop."""
 
+import errno
+import os
 import pathlib
 import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +14,7 @@ import pytest
 
 from configs import dsprites
 from msdr_jax import evaluators
+from msdr_jax import run_directory
 from msdr_jax import stage_one as stage_one_lib
 from msdr_jax import steps
 from msdr_jax import train
@@ -101,6 +105,61 @@ def test_a_diverged_stage_one_is_one_line_and_keeps_the_last_complete_results(tm
                            r"with a lower --config\.stage1\.optimizer\.learning_rate"):
     train.train_and_evaluate(config, str(tmp_path), stage_one, exploded)
   assert (tmp_path / "metrics.json").read_text() == results
+
+
+def test_a_full_disk_stops_the_run_in_one_line_before_a_partial_checkpoint(
+    tmp_path, monkeypatch):
+  config = _tiny_config()  # Checkpoints at steps 3 and 6.
+  config.stage2.family = "none"
+  real_disk_usage = shutil.disk_usage
+  free = {"bytes": 10**12}
+
+  def disk_usage(path):  # The disk fills up after the first checkpoint.
+    usage = real_disk_usage(path)
+    return usage._replace(free=free["bytes"])
+
+  monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+  make_iteration = steps.make_train_iteration
+
+  def filling_iteration(*args, **kwargs):
+    iteration = make_iteration(*args, **kwargs)
+
+    def run(state, *rest):
+      if int(state.step) == 3:
+        free["bytes"] = 300_000
+      return iteration(state, *rest)
+
+    return run
+
+  monkeypatch.setattr(steps, "make_train_iteration", filling_iteration)
+  with pytest.raises(run_directory.RunDirectoryError,
+                     match=r"^Cannot write stage one's checkpoint 6 in .*checkpoints: it "
+                           r"needs \d+\.\d MiB, 0\.3 MiB are free\. Free space, then rerun "
+                           r"the same command to resume from its checkpoint 3; or use "
+                           r"another --workdir\.$"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3"]
+  assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_read_only_or_full_file_system_is_one_line_and_leaves_no_partial_file(tmp_path):
+  (tmp_path / "checkpoints" / "6.orbax-checkpoint-tmp").mkdir(parents=True)
+  (tmp_path / "metrics.json.tmp").write_text("{")
+  (tmp_path / "metrics.json").write_text("{}")
+  for error, reason in [
+      (OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "x.png")),
+       f"Read-only file system ({tmp_path / 'x.png'})"),
+      # TensorStore's errors, as orbax raises them.
+      (ValueError("RESOURCE_EXHAUSTED: Failed writing: ... No space left on device "
+                  "[os_error_code='28']"), "No space left on device")]:
+    with pytest.raises(run_directory.RunDirectoryError,
+                       match=rf"^Cannot write in {tmp_path}: {re.escape(reason)}\. Free "):
+      with run_directory.storage_errors_reported(str(tmp_path)):
+        raise error
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["checkpoints", "metrics.json"]
+  with pytest.raises(KeyError):  # Any other error passes through.
+    with run_directory.storage_errors_reported(str(tmp_path)):
+      raise KeyError("x")
 
 
 def test_nonfinite_gradients_with_a_finite_loss_are_caught():
