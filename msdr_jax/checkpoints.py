@@ -20,9 +20,13 @@ checkpoint under another config or on another stage one is refused.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import shutil
-from typing import Any, Callable
+import sys
+import traceback
+from typing import Any, Callable, Iterator
 
 from absl import logging
 from etils import epath
@@ -52,8 +56,11 @@ def manager(workdir: str, stage: str, max_to_keep: int) -> ocp.CheckpointManager
   """
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True, enable_async_checkpointing=True)
+  # One item per checkpoint, named here: left to infer it from the step
+  # directories, a manager that has met an empty one refuses every other.
   return ocp.CheckpointManager(
-      epath.Path(workdir).absolute() / DIRECTORIES[stage], options=options)
+      epath.Path(workdir).absolute() / DIRECTORIES[stage], options=options,
+      item_handlers=ocp.StandardCheckpointHandler())
 
 
 def check_free_space(manager: ocp.CheckpointManager, state: Any, step: int,
@@ -132,6 +139,39 @@ def _set_aside(manager: ocp.CheckpointManager, step: int) -> epath.Path:
   return target
 
 
+def _from_orbax(exc_traceback) -> bool:
+  return "/orbax/" in "".join(traceback.format_tb(exc_traceback))
+
+
+@contextlib.contextmanager
+def _abandoned_reads_quiet() -> Iterator[None]:
+  """Drops the reports of orbax's reads abandoned when a restore fails.
+
+  A damaged file fails one read; orbax then abandons the others. Python
+  reports each abandoned coroutine as an "Exception ignored" traceback when
+  it is collected, and TensorStore's threads, finishing reads whose event
+  loop has closed, print "Event loop is closed" tracebacks. The failure
+  itself is reported in one line by the caller; collecting here keeps those
+  reports inside this context.
+  """
+  previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+
+  def unraisable_hook(unraisable):
+    if not _from_orbax(unraisable.exc_traceback):
+      previous_unraisable(unraisable)
+
+  def except_hook(kind, value, exc_traceback):
+    if not (kind is RuntimeError and str(value) == "Event loop is closed"):
+      previous_except(kind, value, exc_traceback)
+
+  sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook, sys.excepthook = previous_unraisable, previous_except
+
+
 def _restore_newest_readable(
     manager: ocp.CheckpointManager,
     abstract: Any,
@@ -160,7 +200,8 @@ def _restore_newest_readable(
     if mismatch:
       raise mismatch_error(step, mismatch)
     try:
-      restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      with _abandoned_reads_quiet():
+        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     # TensorStore reports damaged files as a bare Exception.
     except Exception as e:  # pylint: disable=broad-except
       unreadable.append((step, _first_sentence(e)))
@@ -230,7 +271,8 @@ def check_resumable(workdir: str, stage: str, num_steps: int,
     raise _beyond_num_steps(workdir, stage, latest, num_steps)
   manager = ocp.CheckpointManager(
       epath.Path(workdir).absolute() / DIRECTORIES[stage],
-      options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+      options=ocp.CheckpointManagerOptions(create=False, read_only=True),
+      item_handlers=ocp.StandardCheckpointHandler())
   try:
     _check_record(manager, latest, stage, record)
   finally:
@@ -356,7 +398,8 @@ def load_stage_two(
       steps.create_train_state, model.init, steps.make_optimizer(config.stage2.optimizer)),
       jax.random.PRNGKey(0), stage1_params)
   manager = ocp.CheckpointManager(
-      path, options=ocp.CheckpointManagerOptions(create=False, read_only=True))
+      path, options=ocp.CheckpointManagerOptions(create=False, read_only=True),
+      item_handlers=ocp.StandardCheckpointHandler())
   try:
     restored = _restore_newest_readable(
         manager, _on_first_local_device(state), False,

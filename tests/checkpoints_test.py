@@ -115,17 +115,18 @@ def test_stage_one_checkpoints_keep_their_layout_and_trajectory(tmp_path):
       assert (leaf["shape"], leaf["dtype"]) == (theirs[path]["shape"], theirs[path]["dtype"])
       np.testing.assert_allclose(leaf["sum"], theirs[path]["sum"], rtol=1e-4, atol=1e-4,
                                  err_msg=f"step {step}, {path}")
-  # The newest checkpoint damaged: set aside, and the run resumes from the one
-  # before it and ends where it did.
+  # The newest checkpoint damaged, and an empty step directory after it: both
+  # set aside, and the run resumes from the one before them and ends where it did.
   uninterrupted = _restore(tmp_path / "checkpoints" / "6")["params"]
   damaged = max((p for p in (tmp_path / "checkpoints" / "6").rglob("*") if p.is_file()),
                 key=lambda p: p.stat().st_size)
   damaged.write_bytes(damaged.read_bytes()[:damaged.stat().st_size // 3])
+  (tmp_path / "checkpoints" / "5").mkdir()
   with writers.MetricWriter(str(tmp_path), enabled=False) as writer:
     state = train.train_stage(config, str(tmp_path), "stage1", stage_one, dataset, writer,
                               parallel.data_mesh())
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-      "3", "6", "6.unreadable"]
+      "3", "5.unreadable", "6", "6.unreadable"]
   jax.tree.map(np.testing.assert_array_equal, parallel.to_host(state.params), uninterrupted)
   # A later stage loads it, whatever devices wrote it.
   config.stage1.checkpoint = str(tmp_path)
