@@ -162,6 +162,11 @@ def test_a_locked_work_directory_is_refused_naming_its_holder(tmp_path):
         pass
   with run_directory.locked(str(workdir)):  # Released: usable again.
     pass
+  (tmp_path / "file").write_text("")  # A directory that cannot be made.
+  with pytest.raises(run_directory.RunDirectoryError,
+                     match=rf"^Cannot write in {tmp_path / 'file' / 'run'}: .*Not a directory"):
+    with run_directory.locked(str(tmp_path / "file" / "run")):
+      pass
 
 
 def test_flatten_names_every_leaf_by_its_path():

@@ -164,6 +164,11 @@ def test_default_workdir_is_printed_and_reused(tmp_path):
          "msdr_jax: error: config.stage1.model.architecture='resnet' is unknown"),
         ("--config.data.name=celeba", "msdr_jax: error: config.data.name='celeba' is unknown"),
         ("--config.stage1.objective.beta=-2", "config.stage1.objective.beta=-2.0 must be >= 0"),
+        ("--config.stage1.optimizer.learning_rate=1e6",
+         "config.stage1.optimizer.learning_rate=1000000.0 must be in (0, 1]"),
+        ("--config.batch_size=1000000000000",  # Known only once JAX sees the devices.
+         "msdr_jax: error: config.batch_size=1000000000000 cannot fit: a device's share "
+         "of its images alone takes 15,258,789.1 GiB, more than the device's"),
     ],
 )
 def test_cli_bad_input_is_one_line_without_traceback(override, message, tmp_path):
