@@ -149,27 +149,47 @@ def _abandoned_reads_quiet() -> Iterator[None]:
 
   A damaged file fails one read; orbax then abandons the others. Python
   reports each abandoned coroutine as an "Exception ignored" traceback when
-  it is collected, and TensorStore's threads, finishing reads whose event
-  loop has closed, print "Event loop is closed" tracebacks. The failure
-  itself is reported in one line by the caller; collecting here keeps those
-  reports inside this context.
+  it is collected (collected here, inside this context), and TensorStore's
+  threads, finishing such reads after orbax's event loop has closed, report
+  "Event loop is closed" errors, possibly much later
+  (`_drop_closed_loop_reports`). The failure itself is reported in one line
+  by the caller.
   """
-  previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+  _drop_closed_loop_reports()
+  previous = sys.unraisablehook
 
   def unraisable_hook(unraisable):
     if not _from_orbax(unraisable.exc_traceback):
-      previous_unraisable(unraisable)
+      previous(unraisable)
 
-  def except_hook(kind, value, exc_traceback):
-    if not (kind is RuntimeError and str(value) == "Event loop is closed"):
-      previous_except(kind, value, exc_traceback)
-
-  sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
+  sys.unraisablehook = unraisable_hook
   try:
     yield
   finally:
     gc.collect()
-    sys.unraisablehook, sys.excepthook = previous_unraisable, previous_except
+    sys.unraisablehook = previous  # Still dropping closed-loop reports.
+
+
+def _drop_closed_loop_reports() -> None:
+  """From now on, drops "Event loop is closed" errors of TensorStore's callbacks.
+
+  TensorStore reports an exception of a completion callback as unraisable
+  (`sys.unraisablehook`); only that error, raised by `asyncio`'s closed-loop
+  check, is dropped.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_reports", False):
+    return
+
+  def unraisable_hook(unraisable):
+    frames = traceback.extract_tb(unraisable.exc_traceback)
+    if not (unraisable.exc_type is RuntimeError
+            and str(unraisable.exc_value) == "Event loop is closed"
+            and frames and frames[-1].name == "_check_closed"):
+      previous(unraisable)
+
+  unraisable_hook.drops_closed_loop_reports = True
+  sys.unraisablehook = unraisable_hook
 
 
 def _restore_newest_readable(

@@ -1,8 +1,11 @@
 """Checkpoints: resuming, refusing another model's, and older runs' compatibility."""
 
+import asyncio
 import json
 import pathlib
 import shutil
+import sys
+import types
 
 import jax
 import numpy as np
@@ -211,3 +214,26 @@ def test_resuming_with_fewer_steps_than_trained_is_refused(tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
   # Refused before anything is written: no results, no events file.
   assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]
+
+
+def test_reports_of_reads_finished_after_a_failed_restore_are_dropped(monkeypatch):
+  reported = []
+  monkeypatch.setattr(sys, "unraisablehook", reported.append)
+  checkpoints._drop_closed_loop_reports()  # pylint: disable=protected-access
+  checkpoints._drop_closed_loop_reports()  # Installed once.  pylint: disable=protected-access
+
+  def unraisable(call):
+    try:
+      call()
+    except Exception as e:  # pylint: disable=broad-except
+      return types.SimpleNamespace(exc_type=type(e), exc_value=e, exc_traceback=e.__traceback__,
+                                   err_msg=None, object=None)
+
+  loop = asyncio.new_event_loop()
+  loop.close()
+  # As TensorStore's thread reports a read completing after orbax's loop closed.
+  sys.unraisablehook(unraisable(lambda: loop.call_soon_threadsafe(print)))
+  assert not reported
+  other = unraisable(lambda: 1 / 0)
+  sys.unraisablehook(other)
+  assert reported == [other]
