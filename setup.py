@@ -12,7 +12,7 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["msdr_jax", "msdr_jax.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # jax >= 0.7, flax 0.12 and orbax 0.12 need 3.11.
     install_requires=[
         "absl-py>=2.1",
         "etils[epath]>=1.5",
@@ -26,9 +26,10 @@ setuptools.setup(
         "scikit-learn>=1.3",
         "scipy>=1.11",
         "tensorboardX>=2.6",
-        "tensorflow-datasets>=4.9.7",
     ],
     extras_require={
+        # config.data.source="tfds": data sets prepared by TensorFlow Datasets.
+        "tfds": ["tensorflow-datasets>=4.9.7"],
         # The study's plots (experiments/) and the Colab notebook.
         "experiments": ["matplotlib>=3.7"],
         "test": [
@@ -38,6 +39,7 @@ setuptools.setup(
             "nbformat>=5.9",
             "pytest>=8.0",
             "pytest-xdist>=3.5",
+            "tensorflow-datasets>=4.9.7",
         ],
     },
 )

@@ -26,7 +26,7 @@ import gc
 import shutil
 import sys
 import traceback
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 from absl import logging
 from etils import epath
@@ -34,6 +34,9 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from msdr_jax import configuration
+from msdr_jax import data
+from msdr_jax import families
 from msdr_jax import multi_stage
 from msdr_jax import pytorch_import
 from msdr_jax import run_directory
@@ -92,11 +95,14 @@ def run_record(
 ) -> dict[str, Any]:
   """What a checkpoint records of its run: the config, and stage two's stage one.
 
+  Also the command and package versions that wrote it (`provenance`).
+
   With `stage1_params` (a stage-two checkpoint's record) it includes their
   digest and step; without (stage one's, or a check made before stage one is
   known) only the config is compared.
   """
-  record = {"config": run_directory.run_identity(config)}
+  record = {"config": run_directory.run_identity(config),
+            "provenance": run_directory.provenance()}  # Kept, not compared.
   if stage1_params is not None:
     record["stage1"] = {"params_sha256": stage_one_lib.params_digest(stage1_params),
                         "step": int(stage1_step)}
@@ -432,3 +438,59 @@ def load_stage_two(
   if restored is None or not int(restored.step):
     return None
   return restored.params, int(restored.step)
+
+
+class Run(NamedTuple):
+  """A finished (or interrupted) run, loaded from its directory (`load_run`).
+
+  Attributes:
+    config: the config the run recorded (`config.json`).
+    dataset: its data set.
+    stage_one: its stage one (a `stage_one.DisentanglingVAE`).
+    model: the combined model (`multi_stage.MultiStageModel`), or the stage
+      one alone when the run has no stage two (yet).
+    params: `{"stage1": ..., "stage2": ...}` for the combined model, stage
+      one's parameters for stage one alone.
+    steps: `{"stage1": step, "stage2": step}` of the loaded checkpoints.
+  """
+
+  config: ml_collections.ConfigDict
+  dataset: data.GroundTruthData
+  stage_one: stage_one_lib.DisentanglingVAE
+  model: multi_stage.MultiStageModel | stage_one_lib.DisentanglingVAE
+  params: Any
+  steps: dict[str, int]
+
+
+def load_run(workdir: str, config: ml_collections.ConfigDict | None = None) -> Run:
+  """Loads the run in `workdir`: its config, data, model and latest parameters.
+
+  `config` replaces the recorded one (e.g. with other evaluation settings);
+  it must be the same run. Checkpoints are opened read-only; damaged ones are
+  skipped for the newest readable one. A stage one that was given from
+  Python is not in the directory and cannot be loaded from it.
+  """
+  config = run_directory.load_run_config(workdir) if config is None else config
+  configuration.validate(config)
+  dataset = data.get_dataset(config.data)
+  if not config.stage1.checkpoint and not (
+      epath.Path(workdir) / DIRECTORIES["stage1"]).is_dir():
+    raise run_directory.RunDirectoryError(
+        f"{workdir} holds no stage-one checkpoint (no {DIRECTORIES['stage1']}/ "
+        "directory): train the run with msdr_jax.main first (a stage one given "
+        "from Python is not kept in the run directory).")
+  stage_one = stage_one_lib.DisentanglingVAE.from_config(
+      config.stage1, dataset.observation_shape)
+  loading = config.copy_and_resolve_references()
+  loading.stage1.checkpoint = config.stage1.checkpoint or workdir
+  stage1_params, stage1_step = load_stage_one(loading, stage_one)
+  stage_two = None
+  if config.stage2.family != families.NO_STAGE_TWO:
+    model = multi_stage.MultiStageModel.from_config(config, stage_one)
+    stage_two = load_stage_two(config, workdir, model, stage1_params, stage1_step)
+  if stage_two is None:
+    return Run(config, dataset, stage_one, stage_one, stage1_params,
+               {"stage1": stage1_step})
+  params, step = stage_two
+  return Run(config, dataset, stage_one, model, {"stage1": stage1_params, "stage2": params},
+             {"stage1": stage1_step, "stage2": step})

@@ -27,12 +27,9 @@ import ml_collections
 
 from msdr_jax import checkpoints
 from msdr_jax import configuration
-from msdr_jax import data
 from msdr_jax import evaluators
 from msdr_jax import families
-from msdr_jax import multi_stage
 from msdr_jax import run_directory
-from msdr_jax import stage_one as stage_one_lib
 from msdr_jax import writers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run directory to evaluate.")
@@ -50,39 +47,23 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Evaluates the latest checkpoints of the run in `workdir`."""
-  configuration.validate(config)
-  dataset = data.get_dataset(config.data)
-  stage_one_source = config.stage1.checkpoint or workdir
-  stage_one_directory = checkpoints.DIRECTORIES["stage1"]
-  if not config.stage1.checkpoint and not (
-      epath.Path(workdir) / stage_one_directory).is_dir():
-    raise run_directory.RunDirectoryError(
-        f"{workdir} holds no stage-one checkpoint (no {stage_one_directory}/ "
-        "directory): train the run with msdr_jax.main first.")
-  loading = config.copy_and_resolve_references()
-  loading.stage1.checkpoint = stage_one_source
-  stage_one = stage_one_lib.DisentanglingVAE.from_config(
-      config.stage1, dataset.observation_shape)
-  stage1_params, stage1_step = checkpoints.load_stage_one(loading, stage_one)
-  logging.info("Evaluating stage one (step %d) of %s.", stage1_step, stage_one_source)
+  """Evaluates the latest checkpoints of the run in `workdir` under `config`."""
+  run = checkpoints.load_run(workdir, config)
+  has_stage_two = "stage2" in run.steps
+  stage1_params = run.params["stage1"] if has_stage_two else run.params
+  logging.info("Evaluating stage one (step %d) of %s.", run.steps["stage1"],
+               config.stage1.checkpoint or workdir)
   with (run_directory.locked(workdir), run_directory.storage_errors_reported(workdir),
         writers.MetricWriter(workdir) as writer):
     evaluations = [evaluators.stage_one.evaluate(
-        config, dataset, stage_one, stage1_params, stage1_step)]
+        config, run.dataset, run.stage_one, stage1_params, run.steps["stage1"])]
     writers.write_evaluation(workdir, writer, evaluations[0])
-    has_stage_two = config.stage2.family != families.NO_STAGE_TWO
     if has_stage_two:
-      model = multi_stage.MultiStageModel.from_config(config, stage_one)
-      stage_two = checkpoints.load_stage_two(config, workdir, model, stage1_params,
-                                             stage1_step)
-    if has_stage_two and stage_two is not None:
-      params, step = stage_two
       evaluations.append(evaluators.multi_stage.evaluate(
-          config, dataset, model, {"stage1": stage1_params, "stage2": params}, step,
+          config, run.dataset, run.model, run.params, run.steps["stage2"],
           evaluations[0].active, evaluations[0].scores.get("mig")))
       writers.write_evaluation(workdir, writer, evaluations[1])
-    elif has_stage_two:
+    elif config.stage2.family != families.NO_STAGE_TWO:
       logging.warning("%s holds no stage-two checkpoint; evaluated stage one only.",
                       workdir)
     return writers.write_metrics(workdir, evaluations)

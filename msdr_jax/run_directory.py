@@ -16,11 +16,15 @@ import datetime
 import errno
 import fcntl
 import hashlib
+import importlib.metadata
 import json
 import os
 import pathlib
+import platform
+import shlex
 import shutil
 import socket
+import sys
 from typing import Any, Iterator, Mapping
 
 from etils import epath
@@ -231,6 +235,25 @@ def _check_same_run(theirs: Mapping[str, Any], config, workdir: str) -> None:
     raise RunDirectoryError(
         f"{workdir} holds a run with a different config: {difference}. Use another "
         "--workdir, or rerun with the recorded config to resume.")
+
+
+# The packages whose versions can move a run's numbers (scikit-learn's, the
+# disentanglement scores) or its checkpoints.
+_RECORDED_PACKAGES = ("msdr_jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
+                      "numpy", "scikit-learn", "tensorflow-datasets")
+
+
+def provenance() -> dict[str, Any]:
+  """What made a result: the command line and the versions of Python and packages."""
+  versions = {"python": platform.python_version()}
+  for package in _RECORDED_PACKAGES:
+    try:
+      versions[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      pass  # An optional package that is not installed.
+  main = getattr(sys.modules.get("__main__"), "__spec__", None)
+  program = ["-m", main.name] if main else sys.argv[:1]  # python -m msdr_jax.main ...
+  return {"command": shlex.join(["python", *program, *sys.argv[1:]]), "versions": versions}
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:

@@ -88,8 +88,13 @@ def write_evaluation(workdir: str, writer: MetricWriter, evaluation: Any) -> Non
 
 
 def write_metrics(workdir: str, evaluations: Sequence[Any]) -> dict[str, Any]:
-  """Writes every evaluation's scores to `workdir/metrics.json`, once; returns them."""
+  """Writes every evaluation's scores to `workdir/metrics.json`, once; returns them.
+
+  With them, under "provenance", the command and the package versions that
+  computed them (`run_directory.provenance`).
+  """
   results = {key: value for e in evaluations for key, value in e.scores.items()}
+  results["provenance"] = run_directory.provenance()
   run_directory.write_json(epath.Path(workdir) / run_directory.METRICS_FILENAME, results)
   return results
 

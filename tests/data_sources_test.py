@@ -426,6 +426,11 @@ def test_tfds_incomplete_or_absent_data_fail_clearly(tmp_path):
   assert "'smallnorb' is not prepared" in message
   assert f"tfds build smallnorb --data_dir={tmp_path} --file_format=array_record" in message
   assert not any(tmp_path.iterdir())  # Nothing was downloaded or written.
+  with mock.patch.dict("sys.modules", {"tensorflow_datasets": None}):  # Not installed.
+    with pytest.raises(arrays.DataError,
+                       match=r"TensorFlow Datasets, which is not installed .*: pip install "
+                             r"'msdr_jax\[tfds\]'\.$"):
+      tfds_data.load("smallnorb", str(tmp_path))
 
 
 # Configs.

@@ -5,7 +5,14 @@ import math
 import subprocess
 import sys
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+
+import msdr_jax
+from msdr_jax import multi_stage
+from msdr_jax import run_directory
 
 from main_test import REPO, TINY, _run  # pylint: disable=g-bad-import-order
 
@@ -58,6 +65,8 @@ def test_evaluate_command_reproduces_the_main_jobs_numbers(trained_run):
   assert code == 0, stderr[-3000:]
   assert f"metrics in {trained_run / 'metrics.json'}" in stdout
   after = json.loads((trained_run / "metrics.json").read_text())
+  assert after.pop("provenance")["command"].endswith(f"--workdir={trained_run}")
+  before.pop("provenance")
   assert after == before
 
 
@@ -82,6 +91,20 @@ def test_evaluate_command_refuses_bad_settings(trained_run, args, message):
   assert code == 1 and message in stderr, stderr[-2000:]
   assert "Traceback" not in stderr
   assert (trained_run / "metrics.json").read_text() == before
+
+
+def test_a_run_loads_in_one_line(trained_run):
+  run = msdr_jax.load(str(trained_run))
+  assert isinstance(run.model, multi_stage.MultiStageModel)
+  assert run.steps == {"stage1": 6, "stage2": 6}
+  assert run.config.to_dict() == run_directory.load_run_config(str(trained_run)).to_dict()
+  images, _ = run.dataset.sample(jax.random.PRNGKey(0), 4)
+  reconstructions = run.model.reconstruct(run.params, images)
+  assert reconstructions.shape == images.shape
+  # The parameters are the final checkpoints'.
+  for stage, directory in (("stage1", "checkpoints"), ("stage2", "checkpoints_stage2")):
+    saved = ocp.StandardCheckpointer().restore(trained_run / directory / "6" / "default")
+    jax.tree.map(np.testing.assert_array_equal, run.params[stage], saved["params"])
 
 
 def test_evaluate_command_needs_a_trained_run(trained_run, tmp_path):

@@ -16,6 +16,7 @@ from PIL import Image
 import pytest
 from tensorboardX.proto import event_pb2
 
+import msdr_jax
 from msdr_jax import run_directory
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -102,6 +103,14 @@ def test_cli_writes_figures_metrics_and_logs(uninterrupted_run):
   assert tags["eval/multi_stage/reconstruction_mse"] == [60]
   assert tags["stage2/side_by_side"] == tags["stage2/samples"] == [60]
   assert json.loads((workdir / "config.json").read_text())["stage1"]["num_steps"] == 120
+  # What made the results, in them and in every checkpoint.
+  provenance = metrics["provenance"]
+  assert provenance["command"].endswith(" ".join(RESUMABLE) + f" --workdir={workdir}")
+  assert provenance["versions"]["jax"] == jax.__version__
+  assert provenance["versions"]["msdr_jax"] == msdr_jax.__version__
+  assert {"python", "flax", "scikit-learn", "orbax-checkpoint"} <= provenance["versions"].keys()
+  with ocp.CheckpointManager(workdir.absolute() / "checkpoints_stage2") as manager:
+    assert manager.metadata(60).custom_metadata["provenance"] == provenance
 
 
 def test_sigkill_then_rerun_ends_where_an_uninterrupted_run_does(
@@ -126,6 +135,7 @@ def test_sigkill_then_rerun_ends_where_an_uninterrupted_run_does(
                          _final_params(reference_dir, 60, "checkpoints_stage2"))
   ours = json.loads((workdir / "metrics.json").read_text())
   theirs = json.loads((reference_dir / "metrics.json").read_text())
+  assert ours.pop("provenance")["command"] != theirs.pop("provenance")["command"]  # --workdir.
   assert ours == theirs
 
 

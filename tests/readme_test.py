@@ -1,6 +1,8 @@
 """The README's commands are the ones CI and users actually run."""
 
+import importlib.metadata
 import pathlib
+import re
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -22,3 +24,16 @@ def test_readme_main_command_is_the_documented_one():
   assert len(main_commands) == 1
   assert main_commands[0].endswith(
       "python -m msdr_jax.main --config=configs/dsprites.py")
+
+
+def test_constraints_pin_every_dependency():
+  pinned = {}
+  for line in (REPO / "constraints.txt").read_text().splitlines():
+    if line and not line.startswith("#"):
+      name, version = line.split("==")
+      pinned[re.sub(r"[-_.]+", "-", name).lower()] = version
+  requirements = importlib.metadata.requires("msdr_jax")
+  names = {re.sub(r"[-_.]+", "-", re.match(r"[\w.-]+", r).group()).lower()
+           for r in requirements}
+  assert {"jax", "flax", "orbax-checkpoint", "tensorflow-datasets", "pytest"} <= names
+  assert names <= pinned.keys(), sorted(names - pinned.keys())

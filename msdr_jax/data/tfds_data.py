@@ -94,7 +94,12 @@ def not_prepared_message(name: str, data_dir: str, reason: str) -> str:
 
 def _open_sources(spec: TfdsSpec, data_dir: str):
   """The builder and one random-access source per split; clear errors."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise arrays.DataError(
+        f"config.data.source='tfds' reads data sets prepared by TensorFlow Datasets, "
+        f"which is not installed ({e}): pip install 'msdr_jax[tfds]'.") from None
 
   builder = tfds.builder(spec.tfds_name, data_dir=data_dir or None)
   try:
