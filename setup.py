@@ -11,7 +11,9 @@ setuptools.setup(
     ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=setuptools.find_packages(include=["msdr_jax", "msdr_jax.*"]),
+    # configs/ too: `--config=configs/dsprites.py` and `from configs import
+    # dsprites` work after a plain install, from any directory.
+    packages=setuptools.find_packages(include=["msdr_jax", "msdr_jax.*", "configs"]),
     python_requires=">=3.11",  # jax >= 0.7, flax 0.12 and orbax 0.12 need 3.11.
     install_requires=[
         "absl-py>=2.1",

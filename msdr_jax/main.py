@@ -74,10 +74,25 @@ def _unknown_key(message: str) -> str:
   return reason + (f'; did you mean "{suggestion.group(1)}"?' if suggestion else "")
 
 
+def _installed_configs(argv: list[str]) -> list[str]:
+  """`--config=configs/<file>` read from the installed `configs` package when
+  the current directory has no such file (the library installed, not cloned)."""
+  resolved = []
+  for arg in argv:
+    path = arg.removeprefix("--config=").split(":", 1)[0]
+    if arg.startswith("--config=configs/") and not os.path.exists(path):
+      import configs  # pylint: disable=g-import-not-at-top
+      installed = os.path.join(os.path.dirname(configs.__file__), path.removeprefix("configs/"))
+      if os.path.exists(installed):
+        arg = "--config=" + installed + arg.removeprefix("--config=" + path)
+    resolved.append(arg)
+  return resolved
+
+
 def _parse_flags(argv):
   """Parses flags; a bad flag, override or config file is reported in one line."""
   try:
-    argv = FLAGS(argv)
+    argv = FLAGS(_installed_configs(argv))
     FLAGS.config.get("name")  # ml_collections defers config-file load errors.
     if len(argv) > 1:
       reason = (f"unexpected argument(s) {argv[1:]}; every setting is a flag, e.g. "

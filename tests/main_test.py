@@ -1,7 +1,6 @@
 """End-to-end runs of the real CLI on the tiny preset."""
 
 import json
-import os
 import pathlib
 import signal
 import struct
@@ -137,34 +136,6 @@ def test_sigkill_then_rerun_ends_where_an_uninterrupted_run_does(
   theirs = json.loads((reference_dir / "metrics.json").read_text())
   assert ours.pop("provenance")["command"] != theirs.pop("provenance")["command"]  # --workdir.
   assert ours == theirs
-
-
-def test_default_workdir_is_printed_and_reused(tmp_path):
-  # Without --workdir the run goes to runs/<name>-<hash> under the current
-  # directory; run from a scratch copy of the configs so the repo stays clean.
-  (tmp_path / "configs").mkdir()
-  (tmp_path / "configs" / "dsprites.py").write_text(
-      (REPO / "configs" / "dsprites.py").read_text())
-  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  args = [sys.executable, "-m", "msdr_jax.main", TINY, "--config.stage1.num_steps=2",
-          "--config.stage2.family=none", "--config.eval.disentanglement.metrics=none",
-          "--config.eval.sample_quality.num_samples=0"]
-  first = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)
-  assert first.returncode == 0, first.stderr[-3000:]
-  runs = list((tmp_path / "runs").iterdir())
-  assert len(runs) == 1 and runs[0].name.startswith("dsprites-tiny-")
-  assert f"work directory runs/{runs[0].name}" in first.stdout
-  # The same command with fewer steps (a resumable key: the same directory)
-  # finds the run there, and is refused before anything is written.
-  before = sorted(p.name for p in runs[0].iterdir())
-  second = subprocess.run([*args, "--config.stage1.num_steps=1"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-  assert second.returncode == 1
-  assert f"work directory runs/{runs[0].name}" in second.stdout
-  assert (f"runs/{runs[0].name} holds stage one trained to step 2, beyond "
-          "config.stage1.num_steps=1") in second.stderr
-  assert sorted(p.name for p in runs[0].iterdir()) == before
 
 
 @pytest.mark.parametrize(
