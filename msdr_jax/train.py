@@ -76,11 +76,14 @@ def _train_loop(
   checkpoint carries `record` (`checkpoints.run_record`).
   """
   start_step, num_steps = int(state.step), config[stage].num_steps
-  progress = writers.Progress(num_steps, start_step, config.batch_size)
+  progress = writers.Progress(
+      num_steps, start_step, config.batch_size, checkpoints.STAGE_NAMES[stage].capitalize(),
+      writers.live_display() if parallel.is_main_process() else None)
   pending: list[tuple[int, steps.Metrics]] = []
   try:
     for step in range(start_step + 1, num_steps + 1):
       state, metrics = train_iteration(state)
+      progress.tick(step)
       pending.append((step, metrics))
       save = step % config.checkpoint_every_steps == 0 or step == num_steps
       if save or step % config.log_every_steps == 0:
@@ -96,6 +99,7 @@ def _train_loop(
         manager.save(step, args=ocp.args.StandardSave(state), custom_metadata=record)
     manager.wait_until_finished()
   finally:
+    progress.close()
     manager.close()
   return state
 
@@ -146,6 +150,29 @@ def train_stage(
   return _train_loop(config, workdir, stage, state,
                      lambda state: iteration(state, frozen, dataset), manager, writer,
                      record)
+
+
+# Steps beyond which a CPU run gets a hint to start with a shorter preset
+# (the `quick` preset has 8,000; see the README's table of presets).
+_CPU_HINT_STEPS = 50_000
+
+
+def _log_plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+              stage_one: str) -> None:
+  """Says what the run will do before it starts (a long run on a CPU: how to
+  start shorter)."""
+  two = config.stage2.family != families.NO_STAGE_TWO
+  platform = mesh.devices.flat[0].platform
+  logging.info("Plan: stage one %s | stage two %s | batch %d over %d %s device(s).",
+               stage_one, f"{config.stage2.family}, {config.stage2.num_steps:,} steps"
+               if two else "none", config.batch_size, mesh.size, platform.upper())
+  total = (0 if config.stage1.checkpoint else config.stage1.num_steps) + (
+      config.stage2.num_steps if two else 0)
+  if platform == "cpu" and total >= _CPU_HINT_STEPS:
+    logging.warning(
+        "%s training steps on a CPU take hours (the README's table of presets gives "
+        "measured times). For a first run add :preset=quick to --config.",
+        f"{total:,}")
 
 
 def _train_and_evaluate_stage_two(
@@ -226,6 +253,9 @@ def train_and_evaluate(
   if config.stage2.family != families.NO_STAGE_TWO:
     checkpoints.check_resumable(workdir, "stage2", config.stage2.num_steps,
                                 checkpoints.run_record(config, stage1_params, stage1_step))
+  _log_plan(config, mesh, "given from Python" if given else
+            f"loaded from {config.stage1.checkpoint} (step {stage1_step})"
+            if config.stage1.checkpoint else f"{config.stage1.num_steps:,} steps")
   # The library's networks are evaluated in float32, whatever they trained in.
   eval_stage_one = stage_one
   if not given and compute_dtype != jnp.float32:

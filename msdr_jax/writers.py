@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging as std_logging
+import sys
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
 from etils import epath
@@ -133,19 +134,40 @@ _LEADING_TERMS = ("loss", "recon", "kl", "mi", "tc", "dim_kl")
 
 
 class Progress:
-  """Steps/s, images/s and ETA over the last logging window."""
+  """A stage's progress: log lines, an early estimate, a live display.
 
-  def __init__(self, num_steps: int, start_step: int, batch_size: int):
+  `report` makes the log line of a logging window (steps/s, images/s, ETA).
+  `tick`, called every step with host time only (no device synchronisation),
+  logs once, after the first `ESTIMATE_AFTER_S` seconds of timed steps, how
+  long the stage will take, and refreshes a live line every `REFRESH_S`
+  seconds where someone watches: in place on a terminal's stderr, or as an
+  updated display in a notebook. Log files get the log lines only.
+  """
+
+  ESTIMATE_AFTER_S = 10.0
+  REFRESH_S = 2.0
+
+  def __init__(self, num_steps: int, start_step: int, batch_size: int, name: str = "",
+               live: Callable[[str], None] | None = None):
     self._num_steps = num_steps
     self._batch_size = batch_size
+    self._name = name
     self._last_step = start_step
     self._last_time = time.perf_counter()
+    self._live = live
+    self._timed_from: tuple[int, float] | None = None  # After the compiling step.
+    self._estimated = False
+    self._last_refresh = 0.0
+    self._loss = None
 
   def report(self, step: int, summary: Mapping[str, float]) -> str:
     """One log line from a `scalar_summary` (per-latent entries left out)."""
+    if self._live is not None:
+      self._live("")  # The log line goes on a line of its own.
     now = time.perf_counter()
     rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
     self._last_step, self._last_time = step, now
+    self._loss = summary.get("loss", self._loss)
     eta = (self._num_steps - step) / max(rate, 1e-9)
     scalars = [name for name in summary if "/" not in name]
     ordered = [n for n in _LEADING_TERMS if n in scalars]
@@ -157,3 +179,46 @@ class Progress:
         f"{rate:.2f} steps/s ({rate * self._batch_size:.0f} img/s) | "
         f"ETA {format_duration(eta)}"
     )
+
+  def tick(self, step: int) -> None:
+    """Marks step `step` dispatched: the early estimate and the live line."""
+    now = time.perf_counter()
+    if self._timed_from is None:
+      self._timed_from = (step, now)
+      self._last_refresh = now  # A rate needs a few seconds of steps.
+      return
+    first_step, start = self._timed_from
+    if step == first_step:
+      return
+    rate = (step - first_step) / max(now - start, 1e-9)
+    remaining = format_duration((self._num_steps - step) / rate)
+    if not self._estimated and now - start >= self.ESTIMATE_AFTER_S:
+      self._estimated = True
+      logging.info("%s: %.2f steps/s over its first %d timed steps; about %s to go "
+                   "(%d steps).", self._name, rate, step - first_step, remaining,
+                   self._num_steps - step)
+    if self._live is not None and now - self._last_refresh >= self.REFRESH_S:
+      self._last_refresh = now
+      loss = "" if self._loss is None else f" | loss {self._loss:.3f}"
+      self._live(f"{self._name} step {step}/{self._num_steps}{loss} | "
+                 f"{rate:.2f} steps/s | ETA {remaining}")
+
+  def close(self) -> None:
+    if self._live is not None:
+      self._live("")
+
+
+def live_display() -> Callable[[str], None] | None:
+  """Where a live progress line goes: a notebook's updated output, a terminal's
+  stderr rewritten in place, or nowhere (a log file, a pipe)."""
+  shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+  if shell is not None and "ipykernel" in sys.modules:
+    from IPython import display  # pylint: disable=g-import-not-at-top
+    handle = display.display(display.Pretty(""), display_id=True)
+    return lambda line: handle.update(display.Pretty(line))
+  if sys.stderr.isatty():
+    def rewrite(line):
+      sys.stderr.write("\r\033[K" + line)  # Back to the line's start, cleared.
+      sys.stderr.flush()
+    return rewrite
+  return None

@@ -78,6 +78,8 @@ def test_cli_writes_figures_metrics_and_logs(uninterrupted_run):
   workdir, stdout, stderr = uninterrupted_run
   assert f"work directory {workdir}" in stdout
   assert "steps/s" in stderr and "ETA" in stderr
+  assert ("Plan: stage one 120 steps | stage two vae, 60 steps | batch 8 over 1 CPU "
+          "device(s).") in stderr
   metrics = json.loads((workdir / "metrics.json").read_text())
   for key in ("reconstruction_bce", "reconstruction_mse", "kl", "tc",
               "active_latents", "mig"):

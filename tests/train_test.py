@@ -1,6 +1,7 @@
 """In-process tests of the program: the documented examples and the training loop."""
 
 import errno
+import logging
 import os
 import pathlib
 import re
@@ -14,6 +15,7 @@ import pytest
 
 from configs import dsprites
 from msdr_jax import evaluators
+from msdr_jax import parallel
 from msdr_jax import run_directory
 from msdr_jax import stage_one as stage_one_lib
 from msdr_jax import steps
@@ -160,6 +162,20 @@ def test_a_read_only_or_full_file_system_is_one_line_and_leaves_no_partial_file(
   with pytest.raises(KeyError):  # Any other error passes through.
     with run_directory.storage_errors_reported(str(tmp_path)):
       raise KeyError("x")
+
+
+def test_the_plan_is_logged_first_and_a_long_cpu_run_suggests_a_short_preset(caplog):
+  caplog.set_level(logging.INFO, logger="absl")
+  paper = dsprites.get_config()
+  train._log_plan(paper, parallel.data_mesh(), "300,000 steps")  # pylint: disable=protected-access
+  assert [r.getMessage() for r in caplog.records] == [
+      "Plan: stage one 300,000 steps | stage two vae, 100,000 steps | batch 64 over 1 "
+      "CPU device(s).",
+      "400,000 training steps on a CPU take hours (the README's table of presets gives "
+      "measured times). For a first run add :preset=quick to --config."]
+  caplog.clear()
+  train._log_plan(_tiny_config(), parallel.data_mesh(), "6 steps")  # pylint: disable=protected-access
+  assert len(caplog.records) == 1 and caplog.records[0].getMessage().startswith("Plan: ")
 
 
 def test_nonfinite_gradients_with_a_finite_loss_are_caught():

@@ -1,5 +1,7 @@
 """Known-answer tests of the logging helpers."""
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -20,3 +22,34 @@ def test_progress_reports_terms_rate_and_eta(monkeypatch):
   line = progress.report(100, {"tc": 0.5, "loss": 2.0, "kl_per_latent/0": 9.0})
   assert line == ("step  100/1000 | loss 2.000 tc 0.500 | 10.00 steps/s (640 img/s) "
                   "| ETA 1m30s")
+
+
+def test_progress_estimates_early_and_refreshes_a_live_line(monkeypatch, caplog):
+  caplog.set_level(logging.INFO, logger="absl")
+  now = {"t": 0.0}
+  monkeypatch.setattr(writers.time, "perf_counter", lambda: now["t"])
+  shown = []
+  progress = writers.Progress(num_steps=10_000, start_step=0, batch_size=64,
+                              name="Stage one", live=shown.append)
+  now["t"] = 30.0
+  progress.tick(1)  # The compiling step: timing starts after it.
+  for step in range(2, 102):  # 20 steps/s from then on.
+    now["t"] = 30.0 + (step - 1) * 0.05
+    progress.tick(step)
+  # 5 s of timed steps: no estimate yet.
+  assert not [r for r in caplog.records if "to go" in r.getMessage()]
+  for step in range(102, 302):
+    now["t"] = 30.0 + (step - 1) * 0.05
+    progress.tick(step)
+  estimates = [r.getMessage() for r in caplog.records if "to go" in r.getMessage()]
+  assert estimates == ["Stage one: 20.00 steps/s over its first 200 timed steps; about "
+                       "8m10s to go (9799 steps)."]
+  # The live line: every 2 s of the 15 s of timed steps.
+  assert len(shown) == 7
+  assert shown[0] == "Stage one step 41/10000 | 20.00 steps/s | ETA 8m18s"
+  assert shown[-1] == "Stage one step 281/10000 | 20.00 steps/s | ETA 8m06s"
+  progress.report(301, {"loss": 2.5})
+  assert shown[-1] == ""  # Cleared for the log line.
+  now["t"] += 2.0
+  progress.tick(302)
+  assert "| loss 2.500 |" in shown[-1]
