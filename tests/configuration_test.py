@@ -18,7 +18,8 @@ from msdr_jax import run_directory
 from msdr_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIG_FILES = sorted(path.stem for path in (REPO / "configs").glob("*.py"))
+CONFIG_FILES = sorted(path.stem for path in (REPO / "configs").glob("*.py")
+                      if path.stem != "__init__")
 
 
 def _tiny_config():
