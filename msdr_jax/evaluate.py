@@ -22,15 +22,12 @@ from absl import app
 from absl import flags
 from absl import logging
 from etils import epath
-import jax
 import ml_collections
 
-from msdr_jax import checkpoints
+# JAX-free: a mistaken command line or run directory is reported before JAX
+# and the library load (`evaluate_run` imports them).
 from msdr_jax import configuration
-from msdr_jax import evaluators
-from msdr_jax import families
 from msdr_jax import run_directory
-from msdr_jax import writers
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run directory to evaluate.")
 _METRICS = flags.DEFINE_string(
@@ -48,6 +45,12 @@ flags.mark_flags_as_required(["workdir"])
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Evaluates the latest checkpoints of the run in `workdir` under `config`."""
+  # pylint: disable=g-import-not-at-top
+  from msdr_jax import checkpoints
+  from msdr_jax import evaluators
+  from msdr_jax import families
+  from msdr_jax import writers
+  # pylint: enable=g-import-not-at-top
   run = checkpoints.load_run(workdir, config)
   has_stage_two = "stage2" in run.steps
   stage1_params = run.params["stage1"] if has_stage_two else run.params
@@ -72,7 +75,6 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  writers.filter_library_logs()
   workdir = _WORKDIR.value
   try:
     config = run_directory.load_run_config(workdir)
@@ -84,6 +86,12 @@ def main(argv):
     }
     config.update_from_flattened_dict(
         {key: value for key, value in overrides.items() if value is not None})
+    configuration.validate(config)  # Before JAX loads: a bad flag fails at once.
+    # pylint: disable=g-import-not-at-top
+    import jax
+    from msdr_jax import writers
+    # pylint: enable=g-import-not-at-top
+    writers.filter_library_logs()
     logging.info("JAX devices: %s", jax.devices())
     evaluate_run(config, workdir)
   except (configuration.ConfigError, run_directory.RunDirectoryError, ValueError) as e:
