@@ -310,16 +310,20 @@ _STORAGE_MESSAGES = tuple(os.strerror(code) for code in _STORAGE_ERRNOS)
 _PARTIAL_FILES = ("*.tmp", "*.orbax-checkpoint-tmp*")
 
 
+def _storage_message(text: str) -> str | None:
+  """The full, read-only or forbidden disk an error message names, if any."""
+  return next((message for message in _STORAGE_MESSAGES if message in text), None)
+
+
 def is_storage_error_text(text: str) -> bool:
   """Whether an error message says the disk is full, read-only or forbidden."""
-  return any(message in text for message in _STORAGE_MESSAGES)
+  return _storage_message(text) is not None
 
 
 def _storage_reason(error: BaseException) -> str | None:
   if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
     return os.strerror(error.errno) + (f" ({error.filename})" if error.filename else "")
-  text = str(error)
-  return next((message for message in _STORAGE_MESSAGES if message in text), None)
+  return _storage_message(str(error))
 
 
 def _remove_partial_files(workdir: str) -> None:

@@ -176,15 +176,17 @@ def _log_plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
 
 def _train_and_evaluate_stage_two(
-    config, workdir, stage_one, eval_stage_one, stage1_params, stage1_step, train_data,
+    config, workdir, stage_one, eval_stage_one, stage1_params, record, train_data,
     dataset, writer, mesh, compute_dtype, stage1_evaluation,
 ) -> evaluators.Evaluation | None:
-  """Trains stage two on the frozen stage one, then evaluates the whole model."""
+  """Trains stage two on the frozen stage one, then evaluates the whole model.
+
+  `record` is what its checkpoints record (`checkpoints.run_record`).
+  """
   start = time.time()
   model = multi_stage.MultiStageModel.from_config(config, stage_one, compute_dtype)
   state = train_stage(config, workdir, "stage2", model, train_data, writer, mesh,
-                      frozen=(stage1_params,),
-                      record=checkpoints.run_record(config, stage1_params, stage1_step))
+                      frozen=(stage1_params,), record=record)
   logging.info("Stage two trained in %.1f s.", time.time() - start)
   params = {"stage1": stage1_params, "stage2": parallel.to_host(state.params)}
   stage2_step = int(state.step)
@@ -247,12 +249,12 @@ def train_and_evaluate(
   # A stage trained beyond its num_steps, or under another config or on another
   # stage one (known here unless it trains in this run), is refused before
   # anything is written.
+  stage1_record = checkpoints.run_record(config)
+  stage2_record = checkpoints.run_record(config, stage1_params, stage1_step)
   if not (given or config.stage1.checkpoint):
-    checkpoints.check_resumable(workdir, "stage1", config.stage1.num_steps,
-                                checkpoints.run_record(config))
+    checkpoints.check_resumable(workdir, "stage1", config.stage1.num_steps, stage1_record)
   if config.stage2.family != families.NO_STAGE_TWO:
-    checkpoints.check_resumable(workdir, "stage2", config.stage2.num_steps,
-                                checkpoints.run_record(config, stage1_params, stage1_step))
+    checkpoints.check_resumable(workdir, "stage2", config.stage2.num_steps, stage2_record)
   _log_plan(config, mesh, "given from Python" if given else
             f"loaded from {config.stage1.checkpoint} (step {stage1_step})"
             if config.stage1.checkpoint else f"{config.stage1.num_steps:,} steps")
@@ -282,8 +284,9 @@ def train_and_evaluate(
                      config.stage1.checkpoint)
       else:
         state = train_stage(config, workdir, "stage1", stage_one, train_data, writer,
-                            mesh)
+                            mesh, record=stage1_record)
         stage1_params, stage1_step = parallel.to_host(state.params), int(state.step)
+        stage2_record = checkpoints.run_record(config, stage1_params, stage1_step)
         del state  # Frees the replicas and the optimizer state.
         logging.info("Stage one trained in %.1f s.", time.time() - start)
 
@@ -299,7 +302,7 @@ def train_and_evaluate(
       # --- Stage two on the frozen stage one, and the multi-stage evaluation.
       if config.stage2.family != families.NO_STAGE_TWO:
         multi = _train_and_evaluate_stage_two(
-            config, workdir, stage_one, eval_stage_one, stage1_params, stage1_step,
+            config, workdir, stage_one, eval_stage_one, stage1_params, stage2_record,
             train_data, dataset, writer, mesh, compute_dtype,
             evaluations[0] if main_process else None)
         evaluations += [multi] if multi else []
