@@ -67,6 +67,11 @@ _OUTPUT_CSV = flags.DEFINE_string(
     os.path.join(_REPO_ROOT, "tests", "data",
                  "dsprites_reference_factors.csv"),
     "Where to write the inferred labels.")
+_MISSES = flags.DEFINE_string(
+    "misses",
+    os.path.join(_REPO_ROOT, "tests", "data", "dsprites_misses.png"),
+    "Strip of genuine dSprites frames (64x64 each, side by side) that an "
+    "earlier renderer missed; their labels are in the CSV of the same name.")
 _WRITE_CSV = flags.DEFINE_bool("write_csv", True, "Write the labels CSV.")
 _REFIT = flags.DEFINE_bool(
     "refit", False, "Re-fit the geometry constants from the labelled frames.")
@@ -90,6 +95,31 @@ def load_reference_frames(path: str) -> np.ndarray:
   with Image.open(path) as gif:
     frames = [np.array(f.convert("L")) for f in ImageSequence.Iterator(gif)]
   return np.stack(frames) > 0
+
+
+def load_misses(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """Reads a strip of labelled frames and the CSV beside it.
+
+  Args:
+    path: a PNG of `N` 64x64 frames side by side; `path` with `.csv` instead
+      of `.png` has one row per frame with its factor indices.
+
+  Returns:
+    `(labels [N, 5] int32, frames [N, 64, 64] bool)`.
+  """
+  with Image.open(path) as strip:
+    pixels = np.array(strip.convert("L")) > 0
+  size = dsprites.IMAGE_SIZE
+  frames = pixels.reshape(size, -1, size).transpose(1, 0, 2)
+  with open(os.path.splitext(path)[0] + ".csv", newline="",
+            encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  if len(rows) != len(frames):
+    raise ValueError(f"{path}: {len(frames)} frames but {len(rows)} labels.")
+  labels = np.array(
+      [[int(row[name]) for name in dsprites.FACTOR_NAMES] for row in rows],
+      dtype=np.int32)
+  return labels, frames
 
 
 def read_labels_csv(path: str) -> np.ndarray:
@@ -547,36 +577,89 @@ def _format_table(values: Sequence[float], per_line: int = 9) -> str:
                    for i in range(0, len(text), per_line))
 
 
-def refit(labels: np.ndarray, frames: np.ndarray) -> None:
-  """Re-derives and prints the geometry constants; checks generalisation."""
-  shapes = labels[:, 0]
-  square = shapes == dsprites.SQUARE
-  low, high = fit_square(labels[square], frames[square])
-  print(f"square half-side: consistent interval ({low:.5f}, {high:.5f}), "
+def _square_margin(labels: np.ndarray, frames: np.ndarray) -> float:
+  low, high = fit_square(labels, frames)
+  return (high - low) / 2
+
+
+def _ellipse_margin(labels: np.ndarray, frames: np.ndarray) -> float:
+  return fit_ellipse(labels, frames)[2]
+
+
+def _heart_margin(labels: np.ndarray, frames: np.ndarray) -> float:
+  return fit_heart(labels, frames)[2]
+
+
+def calibration_set(
+    shape: int, labels: np.ndarray, frames: np.ndarray,
+    miss_labels: np.ndarray, miss_frames: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+  """The frames of one shape that its outline is fitted to.
+
+  Every animation frame of the shape, plus each miss of the shape (in order)
+  with which the outline model still classifies every pixel with a positive
+  margin. A miss that no outline of the model can reproduce together with the
+  animation is left out and reported rather than traded against it.
+
+  Returns:
+    `(labels, frames, excluded)`: the fitting set and the indices of the
+    misses of this shape that were left out.
+  """
+  margin = {dsprites.SQUARE: _square_margin, dsprites.ELLIPSE: _ellipse_margin,
+            dsprites.HEART: _heart_margin}[shape]
+  keep = labels[:, 0] == shape
+  fit_labels, fit_frames = labels[keep], frames[keep]
+  excluded = []
+  for i in np.nonzero(miss_labels[:, 0] == shape)[0]:
+    trial_labels = np.concatenate([fit_labels, miss_labels[i:i + 1]])
+    trial_frames = np.concatenate([fit_frames, miss_frames[i:i + 1]])
+    if margin(trial_labels, trial_frames) > 0:
+      fit_labels, fit_frames = trial_labels, trial_frames
+    else:
+      excluded.append(int(i))
+  return fit_labels, fit_frames, excluded
+
+
+def refit(labels: np.ndarray, frames: np.ndarray, miss_labels: np.ndarray,
+          miss_frames: np.ndarray) -> None:
+  """Re-derives and prints the geometry constants; checks generalisation.
+
+  Each outline is fitted to the animation's frames of its shape and to the
+  misses that `calibration_set` admits.
+  """
+  square_labels, square_frames, excluded = calibration_set(
+      dsprites.SQUARE, labels, frames, miss_labels, miss_frames)
+  low, high = fit_square(square_labels, square_frames)
+  print(f"square half-side ({len(square_labels)} frames; misses left out: "
+        f"{excluded}): consistent interval ({low:.5f}, {high:.5f}), "
         f"midpoint {(low + high) / 2:.4f} "
         f"(renderer: {dsprites.SQUARE_HALF_SIDE})")
 
-  ellipse = shapes == dsprites.ELLIPSE
-  a, b, margin = fit_ellipse(labels[ellipse], frames[ellipse])
-  print(f"ellipse semi-axes: a={a:.5f} b={b:.5f} (LP margin {margin:.2e}; "
+  ellipse_labels, ellipse_frames, excluded = calibration_set(
+      dsprites.ELLIPSE, labels, frames, miss_labels, miss_frames)
+  a, b, margin = fit_ellipse(ellipse_labels, ellipse_frames)
+  print(f"ellipse semi-axes ({len(ellipse_labels)} frames; misses left out: "
+        f"{excluded}): a={a:.5f} b={b:.5f} (LP margin {margin:.2e}; "
         f"renderer: {dsprites.ELLIPSE_SEMI_AXES})")
 
-  heart = np.nonzero(shapes == dsprites.HEART)[0]
-  u, v = _sprite_uv(labels[heart])
-  inner, outer, margin = fit_heart(labels[heart], frames[heart])
-  inner, outer = np.round(inner, 3), np.round(outer, 3)
-  errors = np.sum(heart_profiles_inside(u, v, inner, outer) != frames[heart])
-  last_inner = int(np.nonzero(inner)[0].max()) + 2
-  same = (np.array_equal(outer, dsprites.HEART_OUTER_HALF_WIDTH) and
-          np.array_equal(inner[:len(dsprites.HEART_INNER_HALF_WIDTH)],
-                         dsprites.HEART_INNER_HALF_WIDTH))
-  print(f"heart profiles: LP margin {margin:.4f}; rounded tables mismatch "
-        f"{errors} pixels on the {len(heart)} heart frames; identical to the "
-        f"renderer's tables: {same}")
-  print("HEART_OUTER_HALF_WIDTH = (\n" + _format_table(outer) + "\n)")
-  print("HEART_INNER_HALF_WIDTH = (\n" + _format_table(inner[:last_inner]) +
-        "\n)")
+  heart_labels, heart_frames, excluded = calibration_set(
+      dsprites.HEART, labels, frames, miss_labels, miss_frames)
+  print(f"heart: {len(heart_labels)} frames; misses left out: {excluded}")
+  _refit_heart(heart_labels, heart_frames)
+  _check_heart_generalises(labels, frames, miss_labels, miss_frames)
 
+
+def _check_heart_generalises(labels: np.ndarray, frames: np.ndarray,
+                             miss_labels: np.ndarray,
+                             miss_frames: np.ndarray) -> None:
+  """Scores heart tables on frames their fit did not see.
+
+  Two checks: tables fitted on the even animation frames, scored on the odd
+  ones; and for each heart miss, tables fitted on the animation and the other
+  heart misses, scored on it.
+  """
+  heart = np.nonzero(labels[:, 0] == dsprites.HEART)[0]
+  u, v = _sprite_uv(labels[heart])
   even = heart[::2]
   inner_e, outer_e, _ = fit_heart(labels[even], frames[even])
   held_out = np.ones(len(heart), bool)
@@ -587,6 +670,36 @@ def refit(labels: np.ndarray, frames: np.ndarray) -> None:
   print(f"heart fitted on {len(even)} even frames: {errors} mismatched "
         f"pixels on the {held_out.sum()} held-out odd frames "
         f"(worst frame IoU {worst:.4f})")
+
+  misses = np.nonzero(miss_labels[:, 0] == dsprites.HEART)[0]
+  for i in misses:
+    others = misses[misses != i]
+    inner, outer, _ = fit_heart(
+        np.concatenate([labels[heart], miss_labels[others]]),
+        np.concatenate([frames[heart], miss_frames[others]]))
+    u_i, v_i = _sprite_uv(miss_labels[i:i + 1])
+    predicted = heart_profiles_inside(u_i, v_i, inner, outer)
+    before = np.sum(render_bool(miss_labels[i:i + 1]) != miss_frames[i])
+    print(f"heart miss {i} held out: {np.sum(predicted != miss_frames[i])} "
+          f"mismatched pixels (the renderer's tables: {before})")
+
+
+def _refit_heart(labels: np.ndarray, frames: np.ndarray) -> None:
+  """Fits, rounds and prints the heart tables; counts what rounding costs."""
+  u, v = _sprite_uv(labels)
+  inner, outer, margin = fit_heart(labels, frames)
+  inner, outer = np.round(inner, 3), np.round(outer, 3)
+  errors = np.sum(heart_profiles_inside(u, v, inner, outer) != frames)
+  last_inner = int(np.nonzero(inner)[0].max()) + 2
+  same = (np.array_equal(outer, dsprites.HEART_OUTER_HALF_WIDTH) and
+          np.array_equal(inner[:len(dsprites.HEART_INNER_HALF_WIDTH)],
+                         dsprites.HEART_INNER_HALF_WIDTH))
+  print(f"heart profiles: LP margin {margin:.4f}; rounded tables mismatch "
+        f"{errors} pixels on the {len(labels)} heart frames; identical to the "
+        f"renderer's tables: {same}")
+  print("HEART_OUTER_HALF_WIDTH = (\n" + _format_table(outer) + "\n)")
+  print("HEART_INNER_HALF_WIDTH = (\n" + _format_table(inner[:last_inner]) +
+        "\n)")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -622,9 +735,14 @@ def main(argv: Sequence[str]) -> None:
     write_labels_csv(_OUTPUT_CSV.value, labels)
     print(f"\nwrote {_OUTPUT_CSV.value}")
 
+  miss_labels, miss_frames = load_misses(_MISSES.value)
+  miss_errors = np.sum(render_bool(miss_labels) != miss_frames, axis=(1, 2))
+  print(f"\n{len(miss_frames)} frames from {_MISSES.value}: mismatched "
+        f"pixels per frame {miss_errors.tolist()}")
+
   if _REFIT.value:
-    print("\nRefitting the geometry from the labelled frames:")
-    refit(labels, frames)
+    print("\nRefitting the geometry from the labelled frames and the misses:")
+    refit(labels, frames, miss_labels, miss_frames)
 
 
 if __name__ == "__main__":
