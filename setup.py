@@ -19,6 +19,7 @@ setuptools.setup(
         "absl-py>=2.1",
         "etils[epath]>=1.5",
         "flax>=0.10",
+        "h5py>=3.9",  # Shapes3D's official 3dshapes.h5 (config.data.source="file").
         "jax>=0.7",  # jax.shard_map with check_vma (msdr_jax/parallel.py).
         "ml-collections>=1.0",
         "numpy>=1.26",
@@ -42,6 +43,9 @@ setuptools.setup(
             "pytest>=8.0",
             "pytest-xdist>=3.5",
             "tensorflow-datasets>=4.9.7",
+            # TFDS's own builders prepare data sets in a test; their download
+            # and preparation code needs these, reading does not.
+            "importlib_resources>=6.0",
         ],
     },
 )

@@ -3,6 +3,8 @@ r"""Multi-stage model on Shapes3D (floor, wall and object hue, scale, shape, ori
   python -m msdr_jax.main --config=configs/shapes3d.py:preset=quick
   python -m msdr_jax.main --config=configs/shapes3d.py:preset=quick,source=tfds \
       --config.data.data_dir=DIR
+  python -m msdr_jax.main --config=configs/shapes3d.py:preset=quick,source=file \
+      --config.data.path=3dshapes.h5
 
 Sources (`source=...`):
   procedural -- the default: a shaded ray-cast scene with the Shapes3D factors,
@@ -10,6 +12,8 @@ Sources (`source=...`):
   tfds       -- DeepMind's 3dshapes from a prepared TFDS data_dir (480,000
                 images, 5.9 GB in device memory; --config.data.placement=host
                 keeps them in host memory).
+  file       -- the same images from DeepMind's 3dshapes.h5
+                (github.com/deepmind/3d-shapes) at --config.data.path.
 
 Presets as in configs/dsprites.py.
 """

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
+from msdr_jax import accelerators
 from msdr_jax import checkpoints
 from msdr_jax import configuration
 from msdr_jax import data
@@ -168,6 +169,9 @@ def _log_plan(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                if two else "none", config.batch_size, mesh.size, platform.upper())
   total = (0 if config.stage1.checkpoint else config.stage1.num_steps) + (
       config.stage2.num_steps if two else 0)
+  unused = accelerators.unused_message(platform, accelerators.present())
+  if unused:
+    logging.warning("%s", unused)
   if platform == "cpu" and total >= _CPU_HINT_STEPS:
     logging.warning(
         "%s training steps on a CPU take hours (the README's table of presets gives "

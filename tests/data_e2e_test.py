@@ -1,20 +1,26 @@
 """End-to-end runs on the other data sets: the CLI on the procedural scenes,
-the training loop on a loaded (TFDS) data set in device and host memory and
-on one without factors, and the CLI's error when TFDS data are absent."""
+the training loop on dSprites prepared by TFDS's own builder (in device and
+host memory) and on a data set without factors, and the CLI's error when TFDS
+data are absent."""
 
+import io
 import json
 import pathlib
 import subprocess
 import sys
 from unittest import mock
 
+import h5py
 import numpy as np
 from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.features import image_feature
 
 from msdr_jax import base_config
 from msdr_jax import train
+from msdr_jax.data import dsprites
+from msdr_jax.data import tfds_data
 from tests import data_sources_test
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -48,31 +54,111 @@ def test_cli_quick_run_on_the_procedural_scenes(tmp_path):
   assert np.abs(grid[..., 0].astype(int) - grid[..., 1]).max() > 50
 
 
-def _run_on_small_tfds_shapes3d(workdir, placement, num_steps=6, metrics="mig,sap"):
-  # 324 images: at least an evaluation batch (200), as the estimators need.
-  labels = {"label_floor_hue": 3, "label_wall_hue": 3, "label_object_hue": 3,
-            "label_scale": 2, "label_shape": 2, "label_orientation": 3}
-  patches, _ = data_sources_test._small_tfds("shapes3d", labels, (64, 64, 3), ("train",))
-  config = base_config.get_config("preset=tiny,source=tfds", "shapes3d", "procedural")
+# dSprites at a smaller grid, so that TFDS's builder prepares it in a second.
+_LABELS = ("label_shape", "label_scale", "label_orientation", "label_x_position",
+           "label_y_position")
+_SIZES = (3, 6, 4, 4, 4)
+
+
+def _write_dsprites_hdf5(path):
+  """The official HDF5's layout (`imgs`, `latents/classes`, `latents/values`),
+  drawn by the procedural renderer; returns its labels and images."""
+  classes = np.stack(np.unravel_index(np.arange(np.prod(_SIZES)), _SIZES), -1)
+  images = np.asarray(dsprites.render(classes))[..., 0].astype(np.uint8)
+  value_sets = (dsprites.SHAPES, dsprites.SCALES, dsprites.ORIENTATIONS,
+                dsprites.POSITIONS_X, dsprites.POSITIONS_Y)
+  values = np.stack([value_sets[j][classes[:, j]] for j in range(5)], -1)
+  colour = np.zeros((len(classes), 1))
+  with h5py.File(path, "w") as h5:
+    h5.create_dataset("imgs", data=images, compression="gzip")
+    h5.create_dataset("latents/classes", data=np.concatenate([colour, classes], 1).astype(np.int64))
+    h5.create_dataset("latents/values", data=np.concatenate([colour + 1, values], 1))
+  return classes, images
+
+
+def _png_with_pil(self, image):
+  # TFDS encodes a builder's numpy images with TensorFlow, which is not a
+  # dependency here; PIL writes a PNG with the same pixels.
+  del self
+  buffer = io.BytesIO()
+  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="png")
+  return buffer.getvalue()
+
+
+def _small_grid():
+  """The dSprites builder with label features of sizes `_SIZES`."""
+  builder_cls = tfds.builder_cls("dsprites")
+  full_info = builder_cls._info  # pylint: disable=protected-access
+
+  def info(self):
+    features = dict(full_info(self).features)
+    features.update({label: tfds.features.ClassLabel(num_classes=size)
+                     for label, size in zip(_LABELS, _SIZES)})
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+  return mock.patch.object(builder_cls, "_info", info)
+
+
+@pytest.fixture(scope="module")
+def prepared_dsprites(tmp_path_factory):
+  """dSprites prepared by TFDS's own builder, its download redirected to a
+  local HDF5: (data_dir, labels, images)."""
+  root = tmp_path_factory.mktemp("tfds")
+  hdf5 = root / "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.hdf5"
+  labels, images = _write_dsprites_hdf5(hdf5)
+  downloads = []
+
+  def download(self, url):
+    del self
+    downloads.append(url)
+    return str(hdf5)
+
+  with _small_grid(), \
+      mock.patch.object(tfds.download.DownloadManager, "download", download), \
+      mock.patch.object(image_feature._ImageEncoder, "_encode_image", _png_with_pil):
+    builder = tfds.builder("dsprites", data_dir=str(root / "data"))
+    builder.download_and_prepare(file_format="array_record")
+  assert downloads == ["https://github.com/deepmind/dsprites-dataset/blob/master/"
+                       "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.hdf5?raw=true"]
+  assert list(pathlib.Path(builder.data_path).glob("dsprites-train.array_record-*"))
+  return str(root / "data"), labels, images
+
+
+def test_tfds_prepared_dsprites_is_read_image_for_image(prepared_dsprites):
+  data_dir, labels, images = prepared_dsprites
+  with _small_grid():
+    dataset = tfds_data.load("dsprites", data_dir)
+  assert dataset.factor_sizes == _SIZES
+  assert dataset.nbytes == len(labels) * 64 * 64 // 8  # Binary: stored bit-packed.
+  np.testing.assert_array_equal(dataset.factors_to_index(labels), np.arange(len(labels)))
+  np.testing.assert_array_equal(dataset.images_from_factors(labels)[..., 0], images)
+
+
+def _run_on_prepared_dsprites(data_dir, workdir, placement, num_steps=6, metrics="mig,sap"):
+  config = base_config.get_config("preset=tiny,source=tfds", "dsprites", "procedural")
+  config.data.data_dir = data_dir
   config.data.placement = placement
   config.stage1.num_steps = num_steps
   config.stage2.family = "none"
   config.eval.disentanglement.metrics = metrics
   config.eval.sample_quality.num_samples = 0
-  with data_sources_test._with(patches):
+  with _small_grid():
     return train.train_and_evaluate(config, str(workdir))
 
 
-def test_training_on_loaded_data_is_the_same_in_device_and_host_memory(tmp_path):
-  on_device = _run_on_small_tfds_shapes3d(tmp_path / "device", "device")
-  on_host = _run_on_small_tfds_shapes3d(tmp_path / "host", "host")
-  assert on_device["metric_factors"][0] == "floor_hue"
+def test_training_on_prepared_data_is_the_same_in_device_and_host_memory(
+    prepared_dsprites, tmp_path):
+  data_dir = prepared_dsprites[0]
+  on_device = _run_on_prepared_dsprites(data_dir, tmp_path / "device", "device")
+  on_host = _run_on_prepared_dsprites(data_dir, tmp_path / "host", "host")
+  assert on_device["metric_factors"] == list(dsprites.FACTOR_NAMES)
   for key in ("reconstruction_mse", "kl", "mig", "sap"):
     assert on_device[key] == pytest.approx(on_host[key], rel=1e-6), key
   # Half the steps in device memory, the rest after resuming in host memory
   # (checkpoints every 3 steps in the tiny preset): the same run.
-  _run_on_small_tfds_shapes3d(tmp_path / "switched", "device", num_steps=3, metrics="none")
-  switched = _run_on_small_tfds_shapes3d(tmp_path / "switched", "host")
+  _run_on_prepared_dsprites(data_dir, tmp_path / "switched", "device", num_steps=3,
+                            metrics="none")
+  switched = _run_on_prepared_dsprites(data_dir, tmp_path / "switched", "host")
   assert switched["step"] == 6
   for key in ("reconstruction_mse", "kl", "mig"):
     assert switched[key] == pytest.approx(on_device[key], rel=1e-6), key

@@ -15,6 +15,7 @@ from unittest import mock
 
 import jax
 import jax.numpy as jnp
+import h5py
 import ml_collections
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from msdr_jax.data import arrays
 from msdr_jax.data import dsprites
 from msdr_jax.data import files
 from msdr_jax.data import ground_truth
+from msdr_jax.data import shapes3d_render
 from msdr_jax.data import textured_dsprites
 from msdr_jax.data import tfds_data
 from msdr_jax.metrics import data as metrics_data
@@ -241,6 +243,50 @@ def test_dsprites_npz_errors_name_the_problem(tmp_path):
   (tmp_path / "text.npz").write_text("not a zip file")
   with pytest.raises(arrays.DataError, match="not a readable .npz"):
     files.load_dsprites(str(tmp_path / "text.npz"))
+
+
+def _shapes3d_h5(path, sizes, order=None):
+  """A 3dshapes.h5 in the official layout: images, and labels as *values*."""
+  images = _labelled_images(sizes, (64, 64, 3))
+  classes = np.stack(np.unravel_index(np.arange(len(images)), sizes), -1)
+  # The official value sets, truncated to the fixture's sizes.
+  value_sets = [np.linspace(0.0, 0.9, 10), np.linspace(0.0, 0.9, 10),
+                np.linspace(0.0, 0.9, 10), np.linspace(0.75, 1.25, 8),
+                np.arange(4.0), np.linspace(-30.0, 30.0, 15)]
+  values = np.stack([value_sets[j][classes[:, j]] for j in range(6)], -1)
+  order = np.arange(len(images)) if order is None else order
+  with h5py.File(path, "w") as h5:
+    h5.create_dataset("images", data=images[order])
+    h5.create_dataset("labels", data=values[order])
+  return images
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_shapes3d_h5_is_placed_by_its_label_values(tmp_path, shuffled):
+  sizes = (2, 1, 3, 2, 2, 3)
+  order = np.random.default_rng(3).permutation(72) if shuffled else None
+  images = _shapes3d_h5(tmp_path / "3dshapes.h5", sizes, order)
+  dataset = files.load_shapes3d(str(tmp_path / "3dshapes.h5"), factor_sizes=sizes)
+  assert dataset.factor_names == shapes3d_render.FACTOR_NAMES
+  factors = dataset.index_to_factors(np.arange(72))
+  np.testing.assert_allclose(np.asarray(dataset.images_from_factors(factors)) * 255,
+                             images, atol=1e-3)
+
+
+def test_shapes3d_h5_errors_name_the_problem(tmp_path):
+  with pytest.raises(arrays.DataError, match="does not exist.*github.com/deepmind/3d-shapes"):
+    files.load_shapes3d(str(tmp_path / "missing.h5"))
+  _shapes3d_h5(tmp_path / "3dshapes.h5", (2, 1, 3, 2, 2, 3))
+  with pytest.raises(arrays.DataError, match=r"take \(2, 1, 3, 2, 2, 3\) distinct values per "
+                     r"factor .* not \(10, 10, 10, 8, 4, 15\)"):
+    files.load_shapes3d(str(tmp_path / "3dshapes.h5"))
+  with h5py.File(tmp_path / "other.h5", "w") as h5:
+    h5.create_dataset("imgs", data=np.zeros((2, 64, 64, 3), np.uint8))
+  with pytest.raises(arrays.DataError, match=r"has datasets \['imgs'\], not \['images', 'labels'\]"):
+    files.load_shapes3d(str(tmp_path / "other.h5"))
+  (tmp_path / "text.h5").write_text("not an HDF5 file")
+  with pytest.raises(arrays.DataError, match="not a readable HDF5 file"):
+    files.load_shapes3d(str(tmp_path / "text.h5"))
 
 
 def test_mpi3d_npz_is_read_in_official_order(tmp_path):

@@ -32,11 +32,11 @@ def test_notebook_runs_end_to_end_on_the_tiny_preset(tmp_path):
   workdir = tmp_path / "run"
   _parameters_cell(notebook).source += (
       f'\n# Overridden by the test:\nPRESET = "tiny"\nWORKDIR = {str(workdir)!r}\n')
-  # Cells run from the repository root (configs/ is not in the package), as
-  # in Colab after the install cell's `%cd`.
+  # Cells run in an empty directory, as in Colab after a pip install: the
+  # configs come with the package.
   client = nbclient.NotebookClient(
       notebook, timeout=600, kernel_name="python3",
-      resources={"metadata": {"path": str(REPO)}})
+      resources={"metadata": {"path": str(tmp_path)}})
   client.execute()  # Raises CellExecutionError, with the cell, on any error.
 
   outputs = [output for cell in notebook.cells if cell.cell_type == "code"
@@ -59,12 +59,27 @@ def test_notebook_runs_end_to_end_on_the_tiny_preset(tmp_path):
   assert "squared error per image after 5 steps from a fresh stage two" in own_loop
 
 
-def test_install_cell_in_colab_asks_for_the_repository_url():
-  install = nbformat.read(NOTEBOOK, as_version=4).cells[1]
-  assert "REPOSITORY_URL" in install.source
+def test_colab_installs_with_pip_and_stops_if_jax_ignores_the_accelerator():
+  # A fake Colab TPU runtime: `%pip` records its arguments instead of
+  # installing, and the TPU is announced the way Colab does.
+  cells = nbformat.read(NOTEBOOK, as_version=4).cells
+  install, check = cells[1], cells[4]
   fake_colab = nbformat.v4.new_code_cell(
-      'import sys, types\nsys.modules["google.colab"] = types.ModuleType("google.colab")')
-  notebook = nbformat.v4.new_notebook(cells=[fake_colab, install])
-  client = nbclient.NotebookClient(notebook, timeout=60, kernel_name="python3")
-  with pytest.raises(nbclient.exceptions.CellExecutionError, match="Set REPOSITORY_URL"):
+      "import os, sys, types\n"
+      'sys.modules["google.colab"] = types.ModuleType("google.colab")\n'
+      'os.environ["COLAB_TPU_ADDR"] = "10.0.0.2:8470"\n'
+      "pip_calls = []\n"
+      'get_ipython().register_magic_function(pip_calls.append, "line", "pip")')
+  # The fake module lacks what libraries look for in a real Colab.
+  show = nbformat.v4.new_code_cell('del sys.modules["google.colab"]\nprint(pip_calls)')
+  notebook = nbformat.v4.new_notebook(cells=[fake_colab, install, show, check])
+  client = nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
+                                   resources={"metadata": {"path": str(REPO)}})
+  with pytest.raises(nbclient.exceptions.CellExecutionError) as error:
     client.execute()
+  assert _text(notebook.cells[2]).strip() == (
+      """['install -q "msdr_jax[experiments]"', 'install -q -U "jax[tpu]"']""")
+  # JAX here runs on the CPU: the check cell stops and says what to install.
+  assert "RuntimeError" in str(error.value)
+  assert ('This machine has a TPU but JAX runs on the CPU: the installed JAX has no TPU '
+          'support. Run pip install -U "jax[tpu]", then restart Python') in str(error.value)

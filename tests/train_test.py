@@ -6,6 +6,7 @@ import os
 import pathlib
 import re
 import shutil
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import dsprites
+from msdr_jax import accelerators
 from msdr_jax import evaluators
 from msdr_jax import parallel
 from msdr_jax import run_directory
@@ -176,6 +178,40 @@ def test_the_plan_is_logged_first_and_a_long_cpu_run_suggests_a_short_preset(cap
   caplog.clear()
   train._log_plan(_tiny_config(), parallel.data_mesh(), "6 steps")  # pylint: disable=protected-access
   assert len(caplog.records) == 1 and caplog.records[0].getMessage().startswith("Plan: ")
+  # On a machine with a GPU that this JAX does not use, the plan says so.
+  caplog.clear()
+  with mock.patch.object(accelerators, "present", return_value="gpu"):
+    train._log_plan(_tiny_config(), parallel.data_mesh(), "6 steps")  # pylint: disable=protected-access
+  assert caplog.records[1].getMessage() == (
+      "This machine has a GPU but JAX runs on the CPU: the installed JAX has no GPU support. "
+      'Run pip install -U "jax[cuda12]", then restart Python (in Colab: Runtime > Restart '
+      "session) and run again.")
+
+
+def test_the_machines_accelerator_is_read_from_the_system(monkeypatch, tmp_path):
+  monkeypatch.delenv("TPU_ACCELERATOR_TYPE", raising=False)
+  monkeypatch.delenv("COLAB_TPU_ADDR", raising=False)
+  monkeypatch.setattr(accelerators, "_DEVICE_DIR", str(tmp_path))
+  monkeypatch.setattr(accelerators, "_NVIDIA_SMI", "no-such-program")
+  assert accelerators.present() is None
+  (tmp_path / "nvidia0").touch()
+  assert accelerators.present() == "gpu"
+  (tmp_path / "nvidia0").unlink()
+  (tmp_path / "vfio").mkdir()
+  (tmp_path / "vfio" / "vfio").touch()  # The VFIO control file alone: no TPU.
+  assert accelerators.present() is None
+  (tmp_path / "vfio" / "0").touch()
+  assert accelerators.present() == "tpu"
+  # JAX on its accelerator, or a machine without one: nothing to say.
+  assert accelerators.unused_message("gpu", "gpu") is None
+  assert accelerators.unused_message("cpu", None) is None
+  # This JAX runs on the CPU, so with a TPU present the check stops.
+  with pytest.raises(RuntimeError, match=r'TPU but JAX runs on the CPU.*"jax\[tpu\]"'):
+    accelerators.check_jax_uses_accelerator()
+  (tmp_path / "vfio" / "0").unlink()
+  assert accelerators.check_jax_uses_accelerator() == "cpu"
+  monkeypatch.setenv("COLAB_TPU_ADDR", "10.0.0.2:8470")
+  assert accelerators.present() == "tpu"
 
 
 def test_nonfinite_gradients_with_a_finite_loss_are_caught():

@@ -3,7 +3,7 @@
   name               procedural  tfds  file
   dsprites               x         x    x (DeepMind's npz)
   dsprites_textured      x
-  shapes3d               x         x
+  shapes3d               x         x    x (DeepMind's 3dshapes.h5)
   smallnorb                        x
   celeb_a                          x
   mpi3d                                 x (toy / realistic / real npz)
@@ -47,6 +47,7 @@ _BUILDERS: dict[str, dict[str, Callable[..., GroundTruthData]]] = {
     "shapes3d": {
         "procedural": lambda c: shapes3d.Shapes3D(),
         "tfds": lambda c: tfds_data.load("shapes3d", c.data_dir, c.placement),
+        "file": lambda c: files.load_shapes3d(c.path, c.placement),
     },
     "smallnorb": {"tfds": lambda c: tfds_data.load("smallnorb", c.data_dir, c.placement)},
     "celeb_a": {"tfds": lambda c: tfds_data.load("celeb_a", c.data_dir, c.placement)},

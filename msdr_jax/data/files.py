@@ -1,10 +1,17 @@
-"""dSprites, MPI3D and Cars3D from their official files.
+"""dSprites, Shapes3D, MPI3D and Cars3D from their official files.
 
   * dSprites: `dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz` from
     github.com/deepmind/dsprites-dataset, keys `imgs` (uint8 0/1
     [737280, 64, 64]) and `latents_classes` ([737280, 6], colour first). The
     images are placed by their labels, so the file's order does not matter,
     and stored bit-packed (377 MB).
+  * Shapes3D: `3dshapes.h5` from github.com/deepmind/3d-shapes, datasets
+    `images` (uint8 [480000, 64, 64, 3]) and `labels` (float64 [480000, 6]:
+    the factor *values*, e.g. hues in [0, 1) and orientations in degrees).
+    Each column's distinct values, sorted, are that factor's classes, as in
+    TFDS's builder. The official file is in row-major factor order and is
+    used as it is (5.9 GB in memory); any other order is placed by the
+    labels.
   * MPI3D (github.com/rr-learning/disentanglement_dataset): `mpi3d_toy.npz`,
     `mpi3d_realistic.npz` or `mpi3d_real.npz`, key `images` (uint8
     [1036800, 64, 64, 3]) in row-major order of the 7 factors below; the files
@@ -27,17 +34,20 @@ from typing import Sequence
 import zipfile
 
 from etils import epath
+import h5py
 import numpy as np
 import scipy.io
 
 from msdr_jax.data import arrays
 from msdr_jax.data import dsprites
+from msdr_jax.data import shapes3d_render
 
 MPI3D_FACTOR_NAMES = ("object_color", "object_shape", "object_size", "camera_height",
                       "background_color", "horizontal_axis", "vertical_axis")
 MPI3D_FACTOR_SIZES = (6, 6, 2, 3, 3, 40, 40)
 
 _DSPRITES_URL = "https://github.com/deepmind/dsprites-dataset"
+_SHAPES3D_URL = "https://github.com/deepmind/3d-shapes"
 _MPI3D_URL = "https://github.com/rr-learning/disentanglement_dataset"
 _CARS3D_URL = "http://www.scottreed.info (Deep Visual Analogy-Making data, cars/)"
 
@@ -76,20 +86,64 @@ def load_dsprites(path: str, placement: str = "device",
         f"{description}: expected imgs [N, 64, 64] and latents_classes [N, 6], got "
         f"{images.shape} and {classes.shape}.")
   # Column 0 is the colour, which has a single value.
-  states = classes[:, 1:]
+  return arrays.ArrayData(
+      _place(images[..., None], classes[:, 1:], factor_sizes, description),
+      factor_names=dsprites.FACTOR_NAMES, factor_sizes=factor_sizes,
+      binary=True, placement=placement, description=description)
+
+
+def _place(images: np.ndarray, states: np.ndarray, factor_sizes: Sequence[int],
+           description: str) -> np.ndarray:
+  """Images in row-major factor order; the input itself when already so."""
   in_order = (len(states) == math.prod(factor_sizes)
               and np.all(states.max(0) < np.asarray(factor_sizes))
               and np.array_equal(np.ravel_multi_index(tuple(states.T), factor_sizes),
                                  np.arange(len(states))))
-  if in_order:  # The official file: no second 3 GB copy.
-    ordered = images[..., None]
-  else:
-    assembler = arrays.Assembler(factor_sizes, (*images.shape[1:], 1), description)
-    assembler.add(images[..., None], states)
-    ordered = assembler.finish()
+  if in_order:  # The official files: no second copy of gigabytes.
+    return images
+  assembler = arrays.Assembler(factor_sizes, images.shape[1:], description)
+  assembler.add(images, states)
+  return assembler.finish()
+
+
+def load_shapes3d(path: str, placement: str = "device",
+                  factor_sizes: Sequence[int] = shapes3d_render.FACTOR_SIZES
+                  ) -> arrays.ArrayData:
+  """Shapes3D from DeepMind's `3dshapes.h5`, placed by its `labels`."""
+  description = f"shapes3d (file {path})"
+  if not path:
+    raise arrays.DataError(
+        f"Shapes3D from a file needs --config.data.path=<3dshapes.h5> (from {_SHAPES3D_URL}).")
+  if not epath.Path(path).is_file():
+    raise arrays.DataError(
+        f"Shapes3D: {path} does not exist or is not a file. Download 3dshapes.h5 from "
+        f"{_SHAPES3D_URL} and pass its path as --config.data.path.")
+  try:
+    with h5py.File(path, "r") as h5:
+      missing = [key for key in ("images", "labels") if key not in h5]
+      if missing:
+        raise arrays.DataError(
+            f"{description} has datasets {sorted(h5)}, not {missing}; is it the official "
+            f"3dshapes.h5 from {_SHAPES3D_URL}?")
+      images, values = h5["images"][()], h5["labels"][()]
+  except OSError as e:
+    raise arrays.DataError(f"Shapes3D: {path} is not a readable HDF5 file ({e}).") from e
+  if (images.ndim != 4 or images.shape[1:] != (64, 64, 3) or values.shape != (len(images), 6)):
+    raise arrays.DataError(
+        f"{description}: expected images [N, 64, 64, 3] and labels [N, 6], got "
+        f"{images.shape} and {values.shape}.")
+  # The labels are values; their sorted distinct values are the classes.
+  columns = [np.unique(column, return_inverse=True) for column in values.T]
+  found = tuple(len(classes) for classes, _ in columns)
+  if found != tuple(factor_sizes):
+    raise arrays.DataError(
+        f"{description}: its labels take {found} distinct values per factor "
+        f"{shapes3d_render.FACTOR_NAMES}, not {tuple(factor_sizes)}.")
+  states = np.stack([index.reshape(-1) for _, index in columns], axis=-1)
   return arrays.ArrayData(
-      ordered, factor_names=dsprites.FACTOR_NAMES, factor_sizes=factor_sizes,
-      binary=True, placement=placement, description=description)
+      _place(images, states, factor_sizes, description),
+      factor_names=shapes3d_render.FACTOR_NAMES, factor_sizes=factor_sizes,
+      placement=placement, description=description)
 
 
 def load_mpi3d(path: str, placement: str = "device",

@@ -1,7 +1,10 @@
 """Makes the fixture of tests/checkpoints_test.py: run directories of an older version.
 
 Run with the version whose run directories must keep resuming (this fixture:
-msdr_jax at commit a687f27, before steps/checkpoints/run_directory existed):
+msdr_jax at commit a687f27, before steps/checkpoints/run_directory existed,
+with msdr_jax/data/dsprites.py replaced by the current one: the recorded
+trajectories depend on the images, and the renderer's outlines were refitted
+after that commit):
 
   XLA_FLAGS=--xla_backend_optimization_level=0 \
       PYTHONPATH=. python tests/data/old_run/make_fixture.py
