@@ -19,4 +19,5 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   """The config for `arg`, e.g. 'preset=quick'; see the module docstring."""
   config = base_config.get_config(arg, "celeb_a", default_source="tfds")
   config.stage2.flow.num_levels = 256  # 8-bit colour.
+  config.stage2.flow.base = "gaussian"  # Stage one is no distribution on 256 levels.
   return config

@@ -19,4 +19,5 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config = base_config.get_config(arg, "dsprites_textured", default_source="procedural")
   # Grey levels, not binary pixels: the flow dequantises 256 levels.
   config.stage2.flow.num_levels = 256
+  config.stage2.flow.base = "gaussian"  # Stage one is no distribution on 256 levels.
   return config

@@ -28,4 +28,5 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config = base_config.get_config(arg, "shapes3d", default_source="procedural")
   # 8-bit colour images: the flow dequantises 256 levels per channel.
   config.stage2.flow.num_levels = 256
+  config.stage2.flow.base = "gaussian"  # Stage one is no distribution on 256 levels.
   return config

@@ -154,11 +154,19 @@ def get_config(arg: str, data_name: str, default_source: str) -> ml_collections.
   config.stage2.flow.num_levels = 2  # dSprites pixels are binary.
   config.stage2.flow.num_couplings = 8
   config.stage2.flow.hidden_features = 32
+  # The flow's first layer: stage one's own Bernoulli decoder turned into a
+  # standard normal ("stage_one"; binary images and a Bernoulli stage one),
+  # so that a fresh flow has exactly stage one's likelihood; or the logit
+  # transform into a standard normal base ("gaussian"; any images), where
+  # logit_alpha keeps the bin edges finite.
+  config.stage2.flow.base = "stage_one"
   config.stage2.flow.logit_alpha = 0.05
-  # w ~ N(0, T^2 I). At T = 1 the dequantisation noise the flow models turns
-  # into salt-and-pepper pixels that hide z from stage one; a lower T keeps
-  # the samples clean. Reconstructions are exact at any T. (Measurements:
-  # experiments/RESULTS.md, "Why the defaults are what they are".)
+  # w ~ N(0, T^2 I). With the Gaussian base, at T = 1 the dequantisation
+  # noise the flow models turns into salt-and-pepper pixels that hide z from
+  # stage one; a lower T keeps the samples clean. With stage one's base, T = 1
+  # samples the model itself and keeps z as well. Reconstructions are exact
+  # at any T. (Measurements: experiments/RESULTS.md, "Why the defaults are
+  # what they are", and docs/stage_two.md.)
   config.stage2.flow.sample_temperature = 0.5
   config.stage2.gan = ml_collections.ConfigDict()
   config.stage2.gan.latent_dim = 10
@@ -170,6 +178,10 @@ def get_config(arg: str, data_name: str, default_source: str) -> ml_collections.
   config.stage2.gmm = ml_collections.ConfigDict()
   config.stage2.gmm.num_components = 10
   config.stage2.gmm.min_scale = 0.05
+  # Steps of EM with each batch shared out evenly over the components before
+  # the exact likelihood takes over: without it the component that starts
+  # best takes every image and the mixture collapses onto it.
+  config.stage2.gmm.balanced_warmup_steps = 300
 
   config.batch_size = 64  # The global batch, split over all devices.
   # Convolutions and matrix products of both stages in bfloat16 (parameters,

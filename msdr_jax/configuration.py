@@ -192,8 +192,17 @@ def _validate_stage_two(config, families, optimizers, conditionings) -> None:
   _check_number(config, "stage2.num_steps", int, *at_least_one)
   _validate_optimizer(config, "stage2", optimizers)
   for key, check in families.FAMILIES[family].HYPERPARAMETERS.items():
-    _check_number(config, f"stage2.{family}.{key}", check.kind, check.valid,
-                  check.requirement)
+    if check.kind is str:
+      value = _get(config, f"stage2.{family}.{key}")
+      if not (isinstance(value, str) and check.valid(value)):
+        raise ConfigError(f"config.stage2.{family}.{key}={value!r} must be {check.requirement}.")
+    else:
+      _check_number(config, f"stage2.{family}.{key}", check.kind, check.valid,
+                    check.requirement)
+  error = families.FAMILIES[family].config_error(
+      config.stage2, _get(config, "stage1.model.likelihood"))
+  if error:
+    raise ConfigError(error)
 
 
 def _validate_data(config, data) -> None:

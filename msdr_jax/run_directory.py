@@ -64,6 +64,9 @@ LEGACY_DEFAULTS = {
     "data.path": "",
     "data.placement": "device",
     "compute_dtype": "float32",
+    # MS-Flow's runs before stage one's base existed; see _left_out_as_legacy.
+    "stage2.flow.base": "gaussian",
+    "stage2.gmm.balanced_warmup_steps": 0,
 }
 
 
@@ -87,11 +90,22 @@ def _is_resumable(key: str) -> bool:
 
 
 def _identity(flat_config: Mapping[str, Any]) -> dict[str, Any]:
+  family = flat_config.get("stage2.family")
   return {k: v for k, v in sorted(flat_config.items())
-          if not _is_resumable(k) and LEGACY_DEFAULTS.get(k, _NO_DEFAULT) != v}
+          if not _is_resumable(k) and not _left_out_as_legacy(k, v, family)}
 
 
-_NO_DEFAULT = object()
+def _left_out_as_legacy(key: str, value: Any, family: str | None) -> bool:
+  """Whether a key added later stays out of a run's identity: at the value
+  older runs implicitly had, or in the section of a stage-two family the run
+  does not train (so a new default there changes no other family's runs)."""
+  if key not in LEGACY_DEFAULTS:
+    return False
+  section = key.split(".")
+  if section[0] == "stage2" and len(section) == 3 and section[1] != family:
+    return True
+  return LEGACY_DEFAULTS[key] == value
+
 
 
 def run_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -62,6 +62,7 @@ def test_an_older_stage_two_run_resumes_on_its_trajectory(tmp_path):
   shutil.copytree(OLD_RUN / "stage_two", workdir)
   shutil.rmtree(workdir / "checkpoints_stage2" / "6")  # Killed after step 3.
   config = _tiny_config("flow")
+  config.stage2.flow.base = "gaussian"  # The flow of that version.
   stage1_params = jax.tree.map(np.asarray, make_fixture.given_params())
   # The older run directory is this config's, on this stage one.
   run_directory.check_workdir(config, str(workdir))

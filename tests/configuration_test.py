@@ -129,6 +129,18 @@ def test_a_run_recorded_before_newer_keys_existed_still_resumes(tmp_path):
   with pytest.raises(run_directory.RunDirectoryError,
                      match=r"compute_dtype is '<absent>' there but 'bfloat16' here"):
     run_directory.check_workdir(config, str(tmp_path))
+  # A new default in one family's section changes that family's runs only:
+  # an older MS-Flow run had the Gaussian base, the default is now stage one's.
+  config.compute_dtype = "float32"
+  assert config.stage2.family != "flow" and config.stage2.flow.base == "stage_one"
+  config.stage2.family = "flow"
+  recorded["stage2"]["family"] = "flow"
+  (tmp_path / "config.json").write_text(json.dumps(recorded))
+  with pytest.raises(run_directory.RunDirectoryError,
+                     match=r"stage2\.flow\.base is '<absent>' there but 'stage_one' here"):
+    run_directory.check_workdir(config, str(tmp_path))
+  config.stage2.flow.base = "gaussian"
+  run_directory.check_workdir(config, str(tmp_path))
 
 
 def test_a_checkpoint_record_names_what_differs():

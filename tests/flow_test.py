@@ -19,6 +19,7 @@ import pytest
 from scipy import stats
 
 
+from msdr_jax import losses
 from msdr_jax.models import conditioning as conditioning_lib
 from msdr_jax.families import ms_flow as flow
 from msdr_jax.models import flow as flow_lib
@@ -48,11 +49,11 @@ def _perturb(params, seed, scale=0.1):
 
 
 def _family(conditioning="image_and_code", image_shape=(4, 4, 1), num_levels=256,
-            num_couplings=3, hidden_features=8):
+            num_couplings=3, hidden_features=8, base="gaussian"):
   return flow.Flow(
       image_shape=image_shape, conditioning=conditioning, num_levels=num_levels,
       num_couplings=num_couplings, hidden_features=hidden_features,
-      logit_alpha=0.05, sample_temperature=0.7)
+      logit_alpha=0.05, sample_temperature=0.7, base=base)
 
 
 def _setup(family, batch=2, seed=0, perturb=True):
@@ -68,9 +69,13 @@ def test_from_config_reads_the_flow_section():
   stage2 = ml_collections.ConfigDict(dict(
       conditioning="code",
       flow=dict(num_levels=2, num_couplings=5, hidden_features=16, logit_alpha=0.01,
-                sample_temperature=0.8)))
+                sample_temperature=0.8, base="stage_one")))
   family = flow.Flow.from_config(stage2, [64, 64, 1], "bernoulli")
-  assert family == flow.Flow((64, 64, 1), "code", 2, 5, 16, 0.01, 0.8)
+  assert family == flow.Flow((64, 64, 1), "code", 2, 5, 16, 0.01, 0.8, "stage_one")
+  assert flow.Flow.config_error(stage2, "bernoulli") is None
+  assert "Use --config.stage2.flow.base=gaussian" in flow.Flow.config_error(stage2, "gaussian")
+  stage2.flow.num_levels = 256
+  assert "num_levels=2, now 256" in flow.Flow.config_error(stage2, "bernoulli")
 
 
 def test_squeeze_and_channel_partitions_are_inverse_permutations():
@@ -86,8 +91,9 @@ def test_squeeze_and_channel_partitions_are_inverse_permutations():
     np.testing.assert_array_equal(flow_lib.merge_channels(a, b, kind, swap), squeezed)
 
 
-def test_log_det_is_the_log_abs_determinant_of_the_jacobian():
-  family = _family()
+@pytest.mark.parametrize("base", flow_lib.BASES)
+def test_log_det_is_the_log_abs_determinant_of_the_jacobian(base):
+  family = _family(num_levels=2, base=base)
   params, cond, _ = _setup(family)
   rs = np.random.RandomState(5)
   v = jnp.asarray(rs.uniform(0.02, 0.98, (2, *family.image_shape)), jnp.float32)
@@ -127,9 +133,10 @@ def test_forward_and_inverse_are_inverses(conditioning):
   np.testing.assert_allclose(back, latents, atol=2e-3)
 
 
-@pytest.mark.parametrize("num_levels", [2, 256])
-def test_decode_of_encode_reproduces_the_discrete_image(num_levels):
-  family = _family(image_shape=(8, 8, 1), num_levels=num_levels)
+@pytest.mark.parametrize("num_levels, base", [(2, "gaussian"), (256, "gaussian"),
+                                              (2, "stage_one")])
+def test_decode_of_encode_reproduces_the_discrete_image(num_levels, base):
+  family = _family(image_shape=(8, 8, 1), num_levels=num_levels, base=base)
   params, cond, images = _setup(family, batch=4)
   latents = family.encode(params, cond, images)
   assert latents.shape == (4, 4, 4, 4)
@@ -159,6 +166,45 @@ def test_bits_per_dim_of_the_identity_flow_match_a_hand_computation():
   np.testing.assert_allclose(loss, nll.mean(), rtol=1e-5)
   np.testing.assert_allclose(metrics["nll"], nll.mean(), rtol=1e-5)
   np.testing.assert_allclose(metrics["bits_per_dim"], bits.mean(), rtol=1e-5)
+
+
+def test_a_fresh_flow_on_stage_ones_base_has_stage_ones_likelihood():
+  # For every image and every dequantisation draw: bits/dim of the identity
+  # flow == stage one's Bernoulli -log P(x | z) / (D log 2), like for like.
+  family = _family(image_shape=(8, 8, 1), num_levels=2, base="stage_one")
+  params, cond, images = _setup(family, batch=3, perturb=False)
+  cond = cond._replace(logits=cond.logits * 8)  # Confident pixels, up to |logit| ~ 50.
+  stage_one_bits = np.asarray(
+      losses.bernoulli_nll(cond.logits, images)) / (64 * math.log(2))
+  for seed in range(3):
+    noise = jax.random.uniform(jax.random.PRNGKey(seed), images.shape)
+    v = family.dequantize(images, noise)
+    bits = (64 * math.log(2) - family.log_prob(params, cond, v)) / (64 * math.log(2))
+    np.testing.assert_allclose(bits, stage_one_bits, rtol=1e-5)
+  _, metrics = family.loss(params, cond, images, jax.random.PRNGKey(4))
+  np.testing.assert_allclose(metrics["bits_per_dim"], stage_one_bits.mean(), rtol=1e-5)
+  np.testing.assert_allclose(metrics["stage1_bits_per_dim"], stage_one_bits.mean(), rtol=1e-5)
+
+
+def test_stage_ones_cdf_transform_inverts_in_both_tails():
+  rs = np.random.RandomState(8)
+  logits = jnp.asarray(rs.choice([-60.0, -20.0, -1.0, 0.0, 2.0, 20.0, 60.0], (4, 64)),
+                       jnp.float32)
+  v = jnp.asarray(rs.uniform(0.0, 1.0, (4, 64)), jnp.float32)
+  v = v.at[0, :4].set(jnp.asarray([0.0, 0.5, 0.25, 0.75]))  # Edges and centres.
+  s, _ = flow_lib.bernoulli_cdf_transform(v, logits)
+  assert np.all(np.isfinite(s))
+  # Exactly standard normal under stage one: s's quantile is F(v).
+  q = 1 / (1 + np.exp(np.asarray(logits, np.float64)))
+  vv = np.asarray(v, np.float64)
+  cdf = np.where(vv < 0.5, 2 * vv * q, q + (2 * vv - 1) * (1 - q))
+  fine = (cdf > 1e-30) & (cdf < 1 - 1e-6)
+  np.testing.assert_allclose(stats.norm.cdf(np.asarray(s, np.float64))[fine], cdf[fine],
+                             rtol=1e-4, atol=1e-7)
+  back = flow_lib.inverse_bernoulli_cdf_transform(s, logits)
+  # Each bin's centre and interior come back to well within the bin.
+  np.testing.assert_allclose(back, v, atol=2e-3)
+  np.testing.assert_array_equal(back >= 0.5, v >= 0.5)
 
 
 def test_density_integrates_to_the_base_mass_of_the_flows_range():

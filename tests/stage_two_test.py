@@ -15,6 +15,7 @@ from msdr_jax import multi_stage
 from msdr_jax import stage_one as stage_one_lib
 from msdr_jax import steps
 
+from msdr_jax.families import ms_gmm
 from msdr_jax.models import conditioning as conditioning_lib
 
 FAMILIES = ("vae", "flow", "gan", "gmm")
@@ -221,11 +222,38 @@ def test_gmm_likelihood_matches_a_direct_mixture_density():
     ]
     nll.append(-np.logaddexp.reduce(log_terms))
   np.testing.assert_allclose(float(loss), np.mean(nll), rtol=1e-5)
+  # During the balanced warm-up the loss is EM's with balanced assignments;
+  # from its last step on, the exact likelihood.
+  assert config.stage2.gmm.balanced_warmup_steps > 0
+  log_joint = model.stage2.log_joint(params, cond, images)
+  shared = ms_gmm.balanced_assignments(log_joint)
+  during, metrics = model.stage2.loss(params, cond, images, None, step=0)
+  np.testing.assert_allclose(float(during), -np.mean(np.sum(shared * log_joint, -1)),
+                             rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["nll"]), np.mean(nll), rtol=1e-5)
+  after, _ = model.stage2.loss(params, cond, images, None,
+                               step=config.stage2.gmm.balanced_warmup_steps)
+  np.testing.assert_allclose(float(after), np.mean(nll), rtol=1e-5)
   chosen = model.stage2.encode(params, cond, images)
   np.testing.assert_array_equal(chosen.sum(-1), 1.0)
   k = int(np.argmax(chosen[0]))
   np.testing.assert_allclose(model.stage2.decode(params, cond, chosen)[0], means[0, k],
                              atol=1e-6)
+
+
+def test_balanced_assignments_share_the_batch_evenly_and_follow_preferences():
+  # Every image prefers component 0 by far: shared out evenly all the same.
+  one_sided = jnp.asarray([[0.0, -500.0, -900.0]] * 6)
+  shared = np.asarray(ms_gmm.balanced_assignments(one_sided))
+  np.testing.assert_allclose(shared.sum(1), 1.0, atol=1e-5)
+  np.testing.assert_allclose(shared.sum(0), 2.0, atol=1e-4)
+  # Preferences that already balance are followed: image i to component i % 3.
+  rs = np.random.RandomState(0)
+  preferred = np.full((6, 3), -300.0) + rs.randn(6, 3)
+  preferred[np.arange(6), np.arange(6) % 3] = 0.0
+  shared = np.asarray(ms_gmm.balanced_assignments(jnp.asarray(preferred)))
+  np.testing.assert_array_equal(shared.argmax(1), np.arange(6) % 3)
+  assert shared.max(1).min() > 0.99
 
 
 def test_vae_loss_is_the_negative_elbo():
@@ -283,12 +311,14 @@ def test_every_conditioning_keeps_a_path_from_z(family, conditioning):
         ("stage2.vae.latent_resolution", 12,
          r"latent_resolution=12 must be 0 \(a vector\) or one of the U-Net's resolutions "
          r"\[4, 8, 16, 32\]"),
-        ("stage2.gmm.num_components", 1, "must be >= 2"),
+        ("stage2.gmm.num_components", 0, "must be >= 1"),
+        ("stage2.gmm.balanced_warmup_steps", -1, "must be >= 0"),
+        ("stage2.flow.base", "uniform", r"must be one of \['stage_one', 'gaussian'\]"),
         ("stage2.num_steps", 0, "config.stage2.num_steps=0 must be >= 1"),
     ],
 )
 def test_bad_stage_two_configs_are_rejected(key, value, message):
-  config = _config("gmm" if "gmm" in key else "vae")
+  config = _config(key.split(".")[1] if key.count(".") == 2 else "vae")
   section, name = key.rsplit(".", 1)
   node = config
   for part in section.split("."):

@@ -37,7 +37,7 @@ Metrics = dict[str, jax.Array]
 class Hyperparameter(NamedTuple):
   """A key of `config.stage2.<family>`: its type and the range it must lie in."""
 
-  kind: type  # int or float.
+  kind: type  # int, float or str.
   valid: Callable[[float], bool]
   requirement: str  # What `valid` asks, as the error message says it.
 
@@ -79,6 +79,16 @@ class Family(abc.ABC):
     hyperparameters = stage2_config[cls.NAME]
     return cls(**{key: value for key, value in shared.items() if key in fields},
                **{key: hyperparameters[key] for key in cls.HYPERPARAMETERS})
+
+  @classmethod
+  def config_error(cls, stage2_config: Any, stage1_likelihood: str) -> str | None:
+    """Why `config.stage2` cannot work with this stage one (one line), or None.
+
+    For constraints between hyperparameters and stage one that their ranges
+    cannot express; `configuration.validate` raises it.
+    """
+    del stage2_config, stage1_likelihood
+    return None
 
   @abc.abstractmethod
   def init(self, rng: jax.Array, cond: Conditioning, images: jax.Array) -> Params:

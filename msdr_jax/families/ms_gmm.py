@@ -71,20 +71,39 @@ class ConditionalMixture(nn.Module):
     return logits, log_weights, self.min_scale + jax.nn.softplus(raw_scales)
 
 
+def balanced_assignments(log_joint: jax.Array, num_iterations: int = 50) -> jax.Array:
+  """Soft assignments [B, M] of B images to M components, each component
+  receiving B / M of them, that best follow `log_joint` [B, M].
+
+  Sinkhorn-Knopp iterations in the log domain (as in SwAV's equipartitioned
+  cluster assignments): the entropy-regularised optimal transport from the
+  uniform distribution over images to the uniform one over components, with
+  cost -log_joint. Rows sum to 1.
+  """
+  batch, components = log_joint.shape
+  log_plan = log_joint
+  for _ in range(num_iterations):
+    log_plan = log_plan - jax.nn.logsumexp(log_plan, axis=0, keepdims=True) - math.log(components)
+    log_plan = log_plan - jax.nn.logsumexp(log_plan, axis=1, keepdims=True) - math.log(batch)
+  return jnp.exp(log_plan) * batch
+
+
 @dataclasses.dataclass(frozen=True)
 class ConditionalGMM(base.Family):
   """MS-GMM with `num_components` residual components."""
 
   NAME = "gmm"
   HYPERPARAMETERS = {
-      "num_components": base.Hyperparameter(int, lambda v: v >= 2, ">= 2"),
+      "num_components": base.AT_LEAST_ONE,  # 1: the baseline without a mixture.
       "min_scale": base.Hyperparameter(float, lambda v: v > 0, "> 0"),
+      "balanced_warmup_steps": base.Hyperparameter(int, lambda v: v >= 0, ">= 0"),
   }
 
   image_shape: tuple[int, int, int]
   conditioning: str
   num_components: int
   min_scale: float
+  balanced_warmup_steps: int = 0
   compute_dtype: Any = jnp.float32
 
   @property
@@ -111,17 +130,26 @@ class ConditionalGMM(base.Family):
     return log_weights + log_normal
 
   def loss(self, params, cond, images, rng, step=None):
-    del step  # No warm-up.
     del rng  # The likelihood is exact.
     log_joint = self.log_joint(params, cond, images)
     nll = -jax.nn.logsumexp(log_joint, axis=-1)
-    loss = nll.mean()
     responsibilities = jax.nn.softmax(log_joint, axis=-1)
+    loss = nll.mean()
+    if self.balanced_warmup_steps and step is not None:
+      # EM with the batch's images shared out evenly over the components
+      # (balanced assignments by optimal transport), until the components
+      # have images of their own; the exact likelihood from then on.
+      assignments = jax.lax.stop_gradient(balanced_assignments(log_joint))
+      balanced = -jnp.mean(jnp.sum(assignments * log_joint, axis=-1))
+      loss = jnp.where(step < self.balanced_warmup_steps, balanced, loss)
     # exp(entropy) of the average responsibilities: how many components the
     # batch really uses (1 when the mixture has collapsed).
     usage = responsibilities.mean(0)
     used = jnp.exp(-jnp.sum(usage * jnp.log(usage + 1e-12)))
-    return loss, {"loss": loss, "nll": loss, "components_used": used}
+    # And how many components take at least 5% of the batch's responsibility.
+    shared = jnp.sum(usage >= 0.05).astype(jnp.float32)
+    return loss, {"loss": loss, "nll": nll.mean(), "components_used": used,
+                  "components_over_5_percent": shared}
 
   def encode(self, params, cond, images):
     """The most responsible component, one-hot [B, M]."""

@@ -9,7 +9,13 @@ change of variables
 and every layer below has a triangular (or diagonal) Jacobian whose
 log-determinant is a sum of cheap per-element terms. The layers, in order:
 
-1. Logit transform, s = logit(alpha + (1 - 2 alpha) v). It maps the bounded
+1. With `base="stage_one"` (binary images, a Bernoulli stage one): stage
+   one's CDF transform, s = Phi^-1(F(v | c)) with F the CDF of stage one's
+   dequantised decoder distribution (`bernoulli_cdf_transform`). A fresh flow
+   then is stage one's likelihood exactly, so training starts from it and
+   can only be asked to improve on it.
+   With `base="gaussian"`: the logit transform,
+   s = logit(alpha + (1 - 2 alpha) v). It maps the bounded
    pixel range onto the real line, where an unbounded Gaussian base makes
    sense; alpha keeps s finite at the bin edges v = 0 and v -> 1. Its
    per-element log-derivative is log(1 - 2 alpha) - log p - log(1 - p) with
@@ -54,6 +60,7 @@ accuracy. ActNorm and the logit transform have no network and stay float32.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -61,6 +68,11 @@ import jax
 import jax.numpy as jnp
 
 from msdr_jax.models import conditioning as conditioning_lib
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+# The first layer: stage one's Bernoulli CDF, or the logit transform.
+BASES = ("stage_one", "gaussian")
 
 # (kind, swap) of coupling step k is _PARTITIONS[k % 4]. "halves" splits the
 # channels into [first half, second half], "parity" into [even, odd]; the
@@ -101,6 +113,47 @@ def logit_transform(v: jax.Array, alpha: float) -> tuple[jax.Array, jax.Array]:
 def inverse_logit_transform(s: jax.Array, alpha: float) -> jax.Array:
   """v = (sigmoid(s) - alpha) / (1 - 2 alpha), the inverse of `logit_transform`."""
   return (jax.nn.sigmoid(s) - alpha) / (1.0 - 2.0 * alpha)
+
+
+def bernoulli_cdf_transform(v: jax.Array, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """s = Phi^-1(F(v)) for F the CDF of stage one's dequantised Bernoulli, and
+  its log-det, one per example [B].
+
+  Stage one's decoder gives each binary pixel P(x = 1) = p = sigmoid(logits).
+  Dequantised (v = (x + u) / 2, u ~ U[0, 1)), that is the density 2 (1 - p)
+  on [0, 1/2) and 2 p on [1/2, 1), whose CDF F is piecewise linear; s =
+  Phi^-1(F(v)) is then exactly standard normal, and its log-derivative is
+  log p(v) - log N(s; 0, 1). A flow that starts with this transform and is
+  the identity after it has stage one's likelihood exactly. F and 1 - F are
+  each computed as a sum of non-negative terms, and the smaller of the two is
+  inverted, so a pixel that stage one is sure of (p near 0 or 1) keeps its
+  precision in the tail.
+  """
+  q, p = jax.nn.sigmoid(-logits), jax.nn.sigmoid(logits)
+  upper_bin = v >= 0.5
+  t = jnp.where(upper_bin, 2.0 * v - 1.0, 2.0 * v)  # Position within the bin.
+  below = jnp.where(upper_bin, q + t * p, t * q)  # F(v).
+  above = jnp.where(upper_bin, (1.0 - t) * p, p + (1.0 - t) * q)  # 1 - F(v).
+  tiny = jnp.finfo(v.dtype).tiny  # F(0) = 0 would map to -inf.
+  s = jnp.where(below < 0.5, jax.scipy.special.ndtri(jnp.maximum(below, tiny)),
+                -jax.scipy.special.ndtri(jnp.maximum(above, tiny)))
+  log_mass = jnp.where(upper_bin, jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits))
+  log_det = math.log(2.0) + log_mass + 0.5 * (s**2 + _LOG_2PI)
+  return s, log_det.reshape(v.shape[0], -1).sum(-1)
+
+
+def inverse_bernoulli_cdf_transform(s: jax.Array, logits: jax.Array) -> jax.Array:
+  """v = F^-1(Phi(s)), the inverse of `bernoulli_cdf_transform`."""
+  q, p = jax.nn.sigmoid(-logits), jax.nn.sigmoid(logits)
+  tiny = jnp.finfo(s.dtype).tiny
+  below, above = jax.scipy.special.ndtr(s), jax.scipy.special.ndtr(-s)
+  # Bin and position from whichever of F and 1 - F is the smaller.
+  upper_bin = jnp.where(s < 0, below >= q, above <= p)
+  t_upper = jnp.where(s < 0, (below - q) / jnp.maximum(p, tiny),
+                      1.0 - above / jnp.maximum(p, tiny))
+  t_lower = jnp.where(s < 0, below / jnp.maximum(q, tiny),
+                      1.0 - (above - p) / jnp.maximum(q, tiny))
+  return jnp.where(upper_bin, 0.5 + 0.5 * t_upper, 0.5 * t_lower)
 
 
 def split_channels(x: jax.Array, kind: str, swap: bool) -> tuple[jax.Array, jax.Array]:
@@ -230,11 +283,14 @@ class ConditionalFlow(nn.Module):
   num_couplings: int = 8
   hidden_features: int = 32
   logit_alpha: float = 0.05
+  base: str = "gaussian"
   dtype: Any = jnp.float32
 
   def setup(self):
     if self.conditioning not in conditioning_lib.CONDITIONINGS:
       raise ValueError(f"Unknown conditioning {self.conditioning!r}.")
+    if self.base not in BASES:
+      raise ValueError(f"Unknown base {self.base!r}; choose one of {list(BASES)}.")
     self.actnorms = [ActNorm() for _ in range(self.num_couplings)]
     self.couplings = [
         AffineCoupling(*_PARTITIONS[k % len(_PARTITIONS)], self.hidden_features,
@@ -252,7 +308,10 @@ class ConditionalFlow(nn.Module):
   def forward(self, v: jax.Array, cond: conditioning_lib.Conditioning) -> tuple[jax.Array, jax.Array]:
     """(w [B, H/2, W/2, 4C], log |det dw/dv| [B]) for v [B, H, W, C] in (0, 1)."""
     image, code = self._features(cond)
-    s, log_det = logit_transform(v, self.logit_alpha)
+    if self.base == "stage_one":
+      s, log_det = bernoulli_cdf_transform(v, cond.logits)
+    else:
+      s, log_det = logit_transform(v, self.logit_alpha)
     h = squeeze(s)
     for actnorm, coupling in zip(self.actnorms, self.couplings):
       h, ld = actnorm(h)
@@ -268,6 +327,8 @@ class ConditionalFlow(nn.Module):
     for actnorm, coupling in zip(reversed(self.actnorms), reversed(self.couplings)):
       h = coupling(h, image, code, inverse=True)
       h = actnorm(h, inverse=True)
+    if self.base == "stage_one":
+      return inverse_bernoulli_cdf_transform(unsqueeze(h), cond.logits)
     return inverse_logit_transform(unsqueeze(h), self.logit_alpha)
 
   def __call__(self, v: jax.Array, cond: conditioning_lib.Conditioning):
