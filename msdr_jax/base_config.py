@@ -178,10 +178,11 @@ def get_config(arg: str, data_name: str, default_source: str) -> ml_collections.
   config.stage2.gmm = ml_collections.ConfigDict()
   config.stage2.gmm.num_components = 10
   config.stage2.gmm.min_scale = 0.05
-  # Steps of EM with each batch shared out evenly over the components before
-  # the exact likelihood takes over: without it the component that starts
-  # best takes every image and the mixture collapses onto it.
-  config.stage2.gmm.balanced_warmup_steps = 300
+  # "balanced": EM with each batch's images shared out evenly over the
+  # components; "posterior": plain maximum likelihood, under which the
+  # component that starts best takes every image and the mixture collapses
+  # onto it (measurements: docs/stage_two.md, "MS-GMM").
+  config.stage2.gmm.assignment = "balanced"
 
   config.batch_size = 64  # The global batch, split over all devices.
   # Convolutions and matrix products of both stages in bfloat16 (parameters,

@@ -66,7 +66,7 @@ LEGACY_DEFAULTS = {
     "compute_dtype": "float32",
     # MS-Flow's runs before stage one's base existed; see _left_out_as_legacy.
     "stage2.flow.base": "gaussian",
-    "stage2.gmm.balanced_warmup_steps": 0,
+    "stage2.gmm.assignment": "posterior",
 }
 
 

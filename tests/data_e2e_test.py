@@ -4,7 +4,6 @@ host memory) and on a data set without factors, and the CLI's error when TFDS
 data are absent."""
 
 import io
-import json
 import pathlib
 import subprocess
 import sys

@@ -1,5 +1,6 @@
 """The frozen-stage-one interface, the four families and the combined model."""
 
+import dataclasses
 import functools
 
 import jax
@@ -202,6 +203,7 @@ def test_gan_players_follow_their_own_objectives():
 def test_gmm_likelihood_matches_a_direct_mixture_density():
   config = _config("gmm")
   config.stage2.gmm.num_components = 3
+  config.stage2.gmm.assignment = "posterior"  # Maximum likelihood: loss = NLL.
   stage1 = _stage_one()
   model = _model(config)
   params = _perturbed(
@@ -222,18 +224,15 @@ def test_gmm_likelihood_matches_a_direct_mixture_density():
     ]
     nll.append(-np.logaddexp.reduce(log_terms))
   np.testing.assert_allclose(float(loss), np.mean(nll), rtol=1e-5)
-  # During the balanced warm-up the loss is EM's with balanced assignments;
-  # from its last step on, the exact likelihood.
-  assert config.stage2.gmm.balanced_warmup_steps > 0
+  # Trained with balanced assignments, the loss is EM's with them; the
+  # likelihood (metrics["nll"]) stays the exact one.
+  balanced_family = dataclasses.replace(model.stage2, assignment="balanced")
   log_joint = model.stage2.log_joint(params, cond, images)
   shared = ms_gmm.balanced_assignments(log_joint)
-  during, metrics = model.stage2.loss(params, cond, images, None, step=0)
-  np.testing.assert_allclose(float(during), -np.mean(np.sum(shared * log_joint, -1)),
+  balanced, metrics = balanced_family.loss(params, cond, images, None)
+  np.testing.assert_allclose(float(balanced), -np.mean(np.sum(shared * log_joint, -1)),
                              rtol=1e-5)
   np.testing.assert_allclose(float(metrics["nll"]), np.mean(nll), rtol=1e-5)
-  after, _ = model.stage2.loss(params, cond, images, None,
-                               step=config.stage2.gmm.balanced_warmup_steps)
-  np.testing.assert_allclose(float(after), np.mean(nll), rtol=1e-5)
   chosen = model.stage2.encode(params, cond, images)
   np.testing.assert_array_equal(chosen.sum(-1), 1.0)
   k = int(np.argmax(chosen[0]))
@@ -312,7 +311,7 @@ def test_every_conditioning_keeps_a_path_from_z(family, conditioning):
          r"latent_resolution=12 must be 0 \(a vector\) or one of the U-Net's resolutions "
          r"\[4, 8, 16, 32\]"),
         ("stage2.gmm.num_components", 0, "must be >= 1"),
-        ("stage2.gmm.balanced_warmup_steps", -1, "must be >= 0"),
+        ("stage2.gmm.assignment", "hard", r"must be one of \['balanced', 'posterior'\]"),
         ("stage2.flow.base", "uniform", r"must be one of \['stage_one', 'gaussian'\]"),
         ("stage2.num_steps", 0, "config.stage2.num_steps=0 must be >= 1"),
     ],

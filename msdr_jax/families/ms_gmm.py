@@ -9,9 +9,21 @@ U-Net's bottleneck features and each component has a learned scale
 sigma_k >= min_scale. The latent w is the component, one-hot over M; unlike
 the other families its prior pi(c) depends on the conditioning. The
 likelihood is exact: -log p(x | c) is a logsumexp over the components, so the
-model trains by maximum likelihood with no sampling. It is a density on
-[0, 1]-valued pixels, in nats per image, and is not comparable with the
-other families' losses.
+model can train by maximum likelihood with no sampling (`assignment =
+"posterior"`). It is a density on [0, 1]-valued pixels, in nats per image,
+and is not comparable with the other families' losses.
+
+Under maximum likelihood the mixture collapses: over D = 4,096 pixels the
+components' log-likelihoods differ by tens of nats from the start, so the
+posterior gives each image wholly to one component, the component that
+starts best takes every image, and the others never train. With
+`assignment = "balanced"` (the default) training is EM in which each batch's
+images are shared out evenly over the components, by the entropy-regularised
+optimal transport that follows the components' log-joints as closely as the
+equal shares allow (`balanced_assignments`, as in SwAV's cluster
+assignments); each component then learns from its own images. The reported
+`nll` is always the exact mixture likelihood, and the evaluation's
+responsibilities are the exact posterior's.
 """
 
 from __future__ import annotations
@@ -30,6 +42,10 @@ from msdr_jax.models import conditioning as conditioning_lib
 from msdr_jax.models import refiner
 
 _LOG_2PI = math.log(2 * math.pi)
+
+# How training assigns images to components: shared out evenly over each
+# batch ("balanced"), or by the posterior (plain maximum likelihood).
+ASSIGNMENTS = ("balanced", "posterior")
 
 
 def _inverse_softplus(y: float) -> float:
@@ -59,9 +75,8 @@ class ConditionalMixture(nn.Module):
     # The scales start at initial_scale, near where training takes them: from
     # a start far above it Adam needs thousands of steps to get there
     # (experiments/RESULTS.md, "Why the defaults are what they are").
-    # Neither stops the mixture from collapsing onto one or two components
-    # on dSprites (see `components_used`): the shared U-Net trunk learns
-    # from the winning component and the others fall behind.
+    # Neither stops maximum likelihood from collapsing the mixture onto one
+    # component on dSprites (see `components_used`); balanced assignments do.
     weight_logits = nn.Dense(self.num_components, kernel_init=nn.initializers.zeros,
                              dtype=self.dtype)(features)
     log_weights = jax.nn.log_softmax(weight_logits.astype(jnp.float32))
@@ -96,14 +111,15 @@ class ConditionalGMM(base.Family):
   HYPERPARAMETERS = {
       "num_components": base.AT_LEAST_ONE,  # 1: the baseline without a mixture.
       "min_scale": base.Hyperparameter(float, lambda v: v > 0, "> 0"),
-      "balanced_warmup_steps": base.Hyperparameter(int, lambda v: v >= 0, ">= 0"),
+      "assignment": base.Hyperparameter(str, lambda v: v in ASSIGNMENTS,
+                                        f"one of {list(ASSIGNMENTS)}"),
   }
 
   image_shape: tuple[int, int, int]
   conditioning: str
   num_components: int
   min_scale: float
-  balanced_warmup_steps: int = 0
+  assignment: str = "posterior"
   compute_dtype: Any = jnp.float32
 
   @property
@@ -130,18 +146,17 @@ class ConditionalGMM(base.Family):
     return log_weights + log_normal
 
   def loss(self, params, cond, images, rng, step=None):
-    del rng  # The likelihood is exact.
+    del rng, step  # The likelihood is exact; no warm-up.
     log_joint = self.log_joint(params, cond, images)
     nll = -jax.nn.logsumexp(log_joint, axis=-1)
     responsibilities = jax.nn.softmax(log_joint, axis=-1)
-    loss = nll.mean()
-    if self.balanced_warmup_steps and step is not None:
-      # EM with the batch's images shared out evenly over the components
-      # (balanced assignments by optimal transport), until the components
-      # have images of their own; the exact likelihood from then on.
+    if self.assignment == "balanced":
+      # EM with each batch's images shared out evenly over the components
+      # (balanced assignments by optimal transport, fixed in the M-step).
       assignments = jax.lax.stop_gradient(balanced_assignments(log_joint))
-      balanced = -jnp.mean(jnp.sum(assignments * log_joint, axis=-1))
-      loss = jnp.where(step < self.balanced_warmup_steps, balanced, loss)
+      loss = -jnp.mean(jnp.sum(assignments * log_joint, axis=-1))
+    else:  # Maximum likelihood: the posterior's own responsibilities.
+      loss = nll.mean()
     # exp(entropy) of the average responsibilities: how many components the
     # batch really uses (1 when the mixture has collapsed).
     usage = responsibilities.mean(0)
