@@ -55,14 +55,19 @@ CARS3D_FACTOR_NAMES = ("elevation", "azimuth", "object")
 CARS3D_FACTOR_SIZES = (4, 24, 183)
 
 
-def _open_npz(path: str, what: str, url: str, keys: Sequence[str]):
+def _check_file(path: str, what: str, file_name: str, url: str) -> None:
+  """One-line errors for a missing path or file; `file_name` says which file."""
   if not path:
     raise arrays.DataError(
-        f"{what} from a file needs --config.data.path=<the .npz file> (from {url}).")
+        f"{what} from a file needs --config.data.path=<{file_name}> (from {url}).")
   if not epath.Path(path).is_file():
     raise arrays.DataError(
-        f"{what}: {path} does not exist or is not a file. Download the .npz from "
+        f"{what}: {path} does not exist or is not a file. Download {file_name} from "
         f"{url} and pass its path as --config.data.path.")
+
+
+def _open_npz(path: str, what: str, url: str, keys: Sequence[str]):
+  _check_file(path, what, "the .npz file", url)
   try:
     archive = np.load(path)
   except (OSError, ValueError, zipfile.BadZipFile) as e:
@@ -111,13 +116,7 @@ def load_shapes3d(path: str, placement: str = "device",
                   ) -> arrays.ArrayData:
   """Shapes3D from DeepMind's `3dshapes.h5`, placed by its `labels`."""
   description = f"shapes3d (file {path})"
-  if not path:
-    raise arrays.DataError(
-        f"Shapes3D from a file needs --config.data.path=<3dshapes.h5> (from {_SHAPES3D_URL}).")
-  if not epath.Path(path).is_file():
-    raise arrays.DataError(
-        f"Shapes3D: {path} does not exist or is not a file. Download 3dshapes.h5 from "
-        f"{_SHAPES3D_URL} and pass its path as --config.data.path.")
+  _check_file(path, "Shapes3D", "3dshapes.h5", _SHAPES3D_URL)
   try:
     with h5py.File(path, "r") as h5:
       missing = [key for key in ("images", "labels") if key not in h5]
