@@ -64,7 +64,8 @@ LEGACY_DEFAULTS = {
     "data.path": "",
     "data.placement": "device",
     "compute_dtype": "float32",
-    # MS-Flow's runs before stage one's base existed; see _left_out_as_legacy.
+    # Family hyperparameters: part of the identity of that family's runs only
+    # (`_left_out_as_legacy`).
     "stage2.flow.base": "gaussian",
     "stage2.gmm.assignment": "posterior",
 }
@@ -105,7 +106,6 @@ def _left_out_as_legacy(key: str, value: Any, family: str | None) -> bool:
   if section[0] == "stage2" and len(section) == 3 and section[1] != family:
     return True
   return LEGACY_DEFAULTS[key] == value
-
 
 
 def run_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from PIL import Image
 from PIL import ImageSequence
 import pytest
 
+from experiments import calibrate_dsprites
 from msdr_jax.data import dsprites
 
 _DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -86,20 +87,8 @@ def test_renders_reproduce_reference_frames():
   assert iou.min() >= _MIN_FRAME_IOU, report
 
 
-def _misses() -> tuple[np.ndarray, np.ndarray]:
-  with Image.open(_MISSES) as strip:
-    pixels = np.array(strip.convert("L")) > 0
-  frames = pixels.reshape(64, -1, 64).transpose(1, 0, 2)
-  with open(_MISSES.replace(".png", ".csv"), newline="",
-            encoding="utf-8") as f:
-    rows = list(csv.DictReader(f))
-  labels = np.array([[int(r[name]) for name in dsprites.FACTOR_NAMES]
-                     for r in rows], np.int32)
-  return labels, frames
-
-
 def test_renders_the_misses_it_was_calibrated_on():
-  labels, frames = _misses()
+  labels, frames = calibrate_dsprites.load_misses(_MISSES)
   mismatched = np.sum(_render_bool(labels) != frames, axis=(1, 2))
   # The fit admitted the four hearts and the ellipse at scale 0.7 (frames 0,
   # 1, 3, 6, 7); the two squares and the ellipse at scale 0.5 contradict the

@@ -135,8 +135,9 @@ def bernoulli_cdf_transform(v: jax.Array, logits: jax.Array) -> tuple[jax.Array,
   below = jnp.where(upper_bin, q + t * p, t * q)  # F(v).
   above = jnp.where(upper_bin, (1.0 - t) * p, p + (1.0 - t) * q)  # 1 - F(v).
   tiny = jnp.finfo(v.dtype).tiny  # F(0) = 0 would map to -inf.
-  s = jnp.where(below < 0.5, jax.scipy.special.ndtri(jnp.maximum(below, tiny)),
-                -jax.scipy.special.ndtri(jnp.maximum(above, tiny)))
+  # Phi^-1 of the smaller tail, its sign telling which tail it is.
+  tail = jax.scipy.special.ndtri(jnp.maximum(jnp.minimum(below, above), tiny))
+  s = jnp.where(below <= above, tail, -tail)
   log_mass = jnp.where(upper_bin, jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits))
   log_det = math.log(2.0) + log_mass + 0.5 * (s**2 + _LOG_2PI)
   return s, log_det.reshape(v.shape[0], -1).sum(-1)
@@ -146,13 +147,15 @@ def inverse_bernoulli_cdf_transform(s: jax.Array, logits: jax.Array) -> jax.Arra
   """v = F^-1(Phi(s)), the inverse of `bernoulli_cdf_transform`."""
   q, p = jax.nn.sigmoid(-logits), jax.nn.sigmoid(logits)
   tiny = jnp.finfo(s.dtype).tiny
-  below, above = jax.scipy.special.ndtr(s), jax.scipy.special.ndtr(-s)
-  # Bin and position from whichever of F and 1 - F is the smaller.
-  upper_bin = jnp.where(s < 0, below >= q, above <= p)
-  t_upper = jnp.where(s < 0, (below - q) / jnp.maximum(p, tiny),
-                      1.0 - above / jnp.maximum(p, tiny))
-  t_lower = jnp.where(s < 0, below / jnp.maximum(q, tiny),
-                      1.0 - (above - p) / jnp.maximum(q, tiny))
+  # The smaller of F and 1 - F: F for s < 0, 1 - F otherwise. Bin and
+  # position come from it.
+  tail = jax.scipy.special.ndtr(-jnp.abs(s))
+  lower_tail = s < 0
+  upper_bin = jnp.where(lower_tail, tail >= q, tail <= p)
+  t_upper = jnp.where(lower_tail, (tail - q) / jnp.maximum(p, tiny),
+                      1.0 - tail / jnp.maximum(p, tiny))
+  t_lower = jnp.where(lower_tail, tail / jnp.maximum(q, tiny),
+                      1.0 - (tail - p) / jnp.maximum(q, tiny))
   return jnp.where(upper_bin, 0.5 + 0.5 * t_upper, 0.5 * t_lower)
 
 
