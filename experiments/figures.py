@@ -10,7 +10,9 @@
                                  and by each multi-stage model;
   <prefix>-traversals.png     -- one image's active latents swept, by stage
                                  one and by each multi-stage model with the
-                                 image's w held fixed.
+                                 image's w held fixed;
+  <prefix>-samples.png        -- samples of stage one and of each family from
+                                 the same z.
 """
 
 from __future__ import annotations
@@ -116,6 +118,35 @@ def _save(fig, path: epath.Path) -> None:
   plt.close(fig)
 
 
+def load_runs(configs: Mapping[str, ml_collections.ConfigDict], run_root: epath.PathLike):
+  """A study's stage one and its trained families, as `model_figures` takes them.
+
+  Returns:
+    (stage one's config with its checkpoint set, data set, stage one, its
+    parameters, {name: (MultiStageModel, params)} of every other key).
+  """
+  run_root = epath.Path(run_root)
+  stage_one_config = configs[families.NO_STAGE_TWO].copy_and_resolve_references()
+  if not stage_one_config.stage1.checkpoint:  # Stage one was trained in its run.
+    stage_one_config.stage1.checkpoint = str(run_root / "stage1")
+  dataset = data.get_dataset(stage_one_config.data)
+  shape = dataset.observation_shape
+  stage_one = stage_one_lib.DisentanglingVAE.from_config(stage_one_config.stage1, shape)
+  stage1_params, stage1_step = checkpoints_lib.load_stage_one(stage_one_config, stage_one)
+  models = {}
+  for name, config in configs.items():
+    if name == families.NO_STAGE_TWO:
+      continue
+    model = multi_stage.MultiStageModel.from_config(
+        config, stage_one_lib.DisentanglingVAE.from_config(config.stage1, shape))
+    loaded = checkpoints_lib.load_stage_two(config, str(run_root / name), model, stage1_params,
+                                            stage1_step)
+    if loaded is None:
+      raise FileNotFoundError(f"{run_root / name} holds no stage-two checkpoint.")
+    models[name] = model, {"stage1": stage1_params, "stage2": loaded[0]}
+  return stage_one_config, dataset, stage_one, stage1_params, models
+
+
 def model_figures(configs: Mapping[str, ml_collections.ConfigDict],
                   run_root: epath.PathLike, prefix: epath.PathLike) -> list[epath.Path]:
   """Reconstruction and traversal figures of one stage one and its families.
@@ -134,14 +165,7 @@ def model_figures(configs: Mapping[str, ml_collections.ConfigDict],
     The two paths.
   """
   run_root, prefix = epath.Path(run_root), epath.Path(prefix)
-  stage_one_config = configs[families.NO_STAGE_TWO].copy_and_resolve_references()
-  if not stage_one_config.stage1.checkpoint:  # Stage one was trained in its run.
-    stage_one_config.stage1.checkpoint = str(run_root / "stage1")
-  dataset = data.get_dataset(stage_one_config.data)
-  shape = dataset.observation_shape
-  stage_one = stage_one_lib.DisentanglingVAE.from_config(stage_one_config.stage1, shape)
-  stage1_params, stage1_step = checkpoints_lib.load_stage_one(stage_one_config, stage_one)
-
+  stage_one_config, dataset, stage_one, stage1_params, models = load_runs(configs, run_root)
   images, _ = dataset.sample(jax.random.PRNGKey(_FIGURE_KEY), _NUM_SHOWN)
   # Each computation jitted: run eagerly, every operation would compile alone.
   code = jax.jit(stage_one.encode)(stage1_params, images)[0]
@@ -158,16 +182,7 @@ def model_figures(configs: Mapping[str, ml_collections.ConfigDict],
   reconstructions = {"input": images, "stage one": decode(code)}
   traversals = {"stage one": _traverse_stage_one(stage_one, stage1_params, code[0],
                                                    values)[active]}
-  for name, config in configs.items():
-    if name == families.NO_STAGE_TWO:
-      continue
-    model = multi_stage.MultiStageModel.from_config(
-        config, stage_one_lib.DisentanglingVAE.from_config(config.stage1, shape))
-    loaded = checkpoints_lib.load_stage_two(config, str(run_root / name), model, stage1_params,
-                                            stage1_step)
-    if loaded is None:
-      raise FileNotFoundError(f"{run_root / name} holds no stage-two checkpoint.")
-    params = {"stage1": stage1_params, "stage2": loaded[0]}
+  for name, (model, params) in models.items():
     reconstructions[f"MS-{name.upper()}"] = jax.jit(model.reconstruct)(params, images)
     traversals[f"MS-{name.upper()} (w fixed)"] = jax.jit(model.traverse)(
         params, images[0], values)[active]
@@ -208,6 +223,32 @@ def model_figures(configs: Mapping[str, ml_collections.ConfigDict],
   fig.tight_layout()
   _save(fig, paths[1])
   return paths
+
+
+def samples_from_same_z(configs: Mapping[str, ml_collections.ConfigDict],
+                        run_root: epath.PathLike, path: epath.PathLike,
+                        num_samples: int = _NUM_SHOWN) -> epath.Path:
+  """One row per model: stage one's dec(z), then each family's sample of (z, w).
+
+  Every row decodes the same z ~ N(0, I) (column j: the same z_j); each
+  family draws its own w ~ p(w). `configs` and `run_root` as `model_figures`.
+  """
+  _, _, stage_one, stage1_params, models = load_runs(configs, run_root)
+  code_rng, latent_rng = jax.random.split(jax.random.PRNGKey(_FIGURE_KEY))
+  codes = jax.random.normal(code_rng, (num_samples, stage_one.latent_dim))
+  rows = {"stage one: dec(z)": jax.jit(
+      lambda codes: losses.decoder_mean(stage_one.decode(stage1_params, codes)))(codes)}
+  for name, (model, params) in models.items():
+    sample = jax.jit(lambda params, codes, model=model: model.decode(
+        params, codes, model.sample_latents(params, codes, latent_rng)))
+    rows[f"MS-{name.upper()}: (z, w ~ p(w))"] = sample(params, codes)
+  fig, axes = plt.subplots(len(rows), 1, figsize=(num_samples * 0.9, 1.0 * len(rows)))
+  for ax, (label, batch) in zip(axes, rows.items()):
+    _show(ax, visualize.image_grid(np.asarray(batch), num_samples), label)
+  fig.tight_layout()
+  path = epath.Path(path)
+  _save(fig, path)
+  return path
 
 
 def _show(ax, grid: np.ndarray, title: str) -> None:

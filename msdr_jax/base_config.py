@@ -38,6 +38,11 @@ def metric_settings() -> ml_collections.ConfigDict:
   return settings
 
 
+# The sections `config.stage2.<family>`, one per stage-two family
+# (`families.FAMILIES` has the same names).
+FAMILY_SECTIONS = ("vae", "flow", "gan", "gmm")
+
+
 def eval_config() -> ml_collections.ConfigDict:
   """`config.eval` at full scale, with disentanglement_lib's metric defaults."""
   config = ml_collections.ConfigDict()
@@ -168,13 +173,13 @@ def get_config(arg: str, data_name: str, default_source: str) -> ml_collections.
   # at any T. (Measurements: experiments/RESULTS.md, "Why the defaults are
   # what they are", and docs/stage_two.md.)
   config.stage2.flow.sample_temperature = 0.5
-  config.stage2.gan = ml_collections.ConfigDict()
-  config.stage2.gan.latent_dim = 10
-  config.stage2.gan.kl_weight = 1.0
-  # The adversarial term sums over 64 patches, the reconstruction over 4096
-  # pixels, so at weight 1 the adversarial gradient swamps the reconstruction
-  # one (experiments/RESULTS.md, "Why the defaults are what they are").
-  config.stage2.gan.adversarial_weight = 0.01
+  # MS-GAN is MS-VAE (its w, warm-up and loss) with a discriminator on samples.
+  config.stage2.gan = config.stage2.vae.copy_and_resolve_references()
+  config.stage2.gan.adversarial_weight = 1.0
+  config.stage2.gan.adversarial_loss = "hinge"  # hinge | non_saturating
+  config.stage2.gan.r1_weight = 1.0
+  # The discriminator's learning rate, as a multiple of the optimizer's.
+  config.stage2.gan.discriminator_learning_rate = 1.0
   config.stage2.gmm = ml_collections.ConfigDict()
   config.stage2.gmm.num_components = 10
   config.stage2.gmm.min_scale = 0.05

@@ -421,7 +421,8 @@ def load_stage_two(
   if not path.is_dir():
     return None
   state = jax.eval_shape(functools.partial(
-      steps.create_train_state, model.init, steps.make_optimizer(config.stage2.optimizer)),
+      steps.create_train_state, model.init,
+      steps.make_optimizer(config.stage2.optimizer, model.stage2.update_scales)),
       jax.random.PRNGKey(0), stage1_params)
   manager = ocp.CheckpointManager(
       path, options=ocp.CheckpointManagerOptions(create=False, read_only=True),

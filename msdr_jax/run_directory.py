@@ -64,8 +64,8 @@ LEGACY_DEFAULTS = {
     "data.path": "",
     "data.placement": "device",
     "compute_dtype": "float32",
-    # Family hyperparameters: part of the identity of that family's runs only
-    # (`_left_out_as_legacy`).
+    # Family hyperparameters (part of the identity of that family's runs only,
+    # `_left_out_as_legacy`).
     "stage2.flow.base": "gaussian",
     "stage2.gmm.assignment": "posterior",
 }
@@ -97,15 +97,15 @@ def _identity(flat_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _left_out_as_legacy(key: str, value: Any, family: str | None) -> bool:
-  """Whether a key added later stays out of a run's identity: at the value
-  older runs implicitly had, or in the section of a stage-two family the run
-  does not train (so a new default there changes no other family's runs)."""
-  if key not in LEGACY_DEFAULTS:
-    return False
+  """Whether a key stays out of a run's identity: in the section of a
+  stage-two family the run does not train (so a family's new or changed
+  hyperparameters change no other family's runs), or added later and at the
+  value older runs implicitly had."""
   section = key.split(".")
-  if section[0] == "stage2" and len(section) == 3 and section[1] != family:
+  if (section[0] == "stage2" and len(section) == 3
+      and section[1] in base_config.FAMILY_SECTIONS and section[1] != family):
     return True
-  return LEGACY_DEFAULTS[key] == value
+  return key in LEGACY_DEFAULTS and LEGACY_DEFAULTS[key] == value
 
 
 def run_identity(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -72,9 +72,26 @@ def first_nonfinite(
   return None
 
 
-def make_optimizer(optimizer_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """The optimizer of `config.stageN.optimizer`."""
-  return OPTIMIZERS[optimizer_config.name](optimizer_config)
+def make_optimizer(
+    optimizer_config: ml_collections.ConfigDict,
+    update_scales: dict[str, float] | None = None,
+) -> optax.GradientTransformation:
+  """The optimizer of `config.stageN.optimizer`.
+
+  `update_scales` (a family's, e.g. MS-GAN's discriminator) multiplies the
+  updates of the parameters under those top-level keys: with Adam, exactly a
+  learning rate of their own.
+  """
+  optimizer = OPTIMIZERS[optimizer_config.name](optimizer_config)
+  if not update_scales:
+    return optimizer
+
+  def scale(updates, params=None):
+    del params
+    return {key: jax.tree.map(lambda u, s=update_scales.get(key, 1.0): u * s, value)
+            for key, value in updates.items()}
+
+  return optax.chain(optimizer, optax.stateless(scale))
 
 
 def rng_streams(seed: int, stage: int = 1) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -138,7 +138,9 @@ def train_stage(
       steps.make_train_step(model.loss), config.batch_size, train_rng, mesh)
   # Initialised from host values: frozen parameters only shape the model.
   state = steps.create_train_state(
-      model.init, steps.make_optimizer(config[stage].optimizer), init_rng,
+      model.init, steps.make_optimizer(
+          config[stage].optimizer, model.stage2.update_scales if stage == "stage2" else None),
+      init_rng,
       *parallel.to_host(frozen))
   if record is None:
     record = checkpoints.run_record(config, *parallel.to_host(frozen))

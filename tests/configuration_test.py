@@ -110,6 +110,15 @@ def test_only_the_run_defining_keys_change_the_fingerprint_and_default_workdir()
       node = node[section]
     node[leaf] = value
     assert run_directory.fingerprint(changed) != fingerprint, key
+  # A family's hyperparameters define that family's runs only (the tiny
+  # preset trains MS-VAE).
+  other_family = _tiny_config()
+  other_family.stage2.gan.adversarial_weight = 0.5
+  del other_family.stage2.flow["base"]  # A key an older version lacked.
+  assert run_directory.fingerprint(other_family) == fingerprint
+  own_family = _tiny_config()
+  own_family.stage2.vae.beta = 0.5
+  assert run_directory.fingerprint(own_family) != fingerprint
 
 
 def test_a_run_recorded_before_newer_keys_existed_still_resumes(tmp_path):
@@ -212,6 +221,7 @@ def test_each_family_section_is_its_constructors_schema():
   import dataclasses  # pylint: disable=import-outside-toplevel
   from msdr_jax import families  # pylint: disable=import-outside-toplevel
   config = _tiny_config()
+  assert sorted(families.FAMILIES) == sorted(base_config.FAMILY_SECTIONS)
   for name, family in families.FAMILIES.items():
     assert family.NAME == name
     assert sorted(config.stage2[name]) == sorted(family.HYPERPARAMETERS), name

@@ -179,25 +179,65 @@ def test_traverse_varies_one_code_and_holds_w():
       np.testing.assert_allclose(grid[j, v], expected, atol=1e-5)
 
 
-def test_gan_players_follow_their_own_objectives():
-  # One scalar loss, but each player's gradient is its own objective's:
-  # the adversarial weight moves the generator only.
+@pytest.mark.parametrize("key, values, moved, unmoved", [
+    ("adversarial_weight", (0.0, 1.0), "generator", ("discriminator", "encoder")),
+    ("r1_weight", (0.0, 1.0), "discriminator", ("generator", "encoder")),
+    ("adversarial_loss", ("hinge", "non_saturating"), "generator", ("encoder",)),
+])
+def test_gan_players_follow_their_own_objectives(key, values, moved, unmoved):
+  # One scalar loss, but each player's gradient is its own objective's: the
+  # adversarial weight moves the generator only, the R1 penalty the
+  # discriminator only.
   stage1 = _stage_one()
   images, rng = _images(), jax.random.PRNGKey(7)
   grads = {}
-  for weight in (0.0, 1.0):
+  for value in values:
     config = _config("gan")
-    config.stage2.gan.adversarial_weight = weight
+    config.stage2.gan[key] = value
     model = _model(config)
     params = _perturbed(
         _create_stage_two_state(config, stage1).params, 4)
-    grads[weight] = jax.jit(jax.grad(lambda p: model.loss(p, stage1, images, rng)[0]))(params)
-  for player in ("discriminator", "encoder"):
+    grads[value] = jax.jit(jax.grad(lambda p: model.loss(p, stage1, images, rng)[0]))(params)
+  for player in unmoved:
     jax.tree_util.tree_map(np.testing.assert_array_equal,
-                           grads[0.0][player], grads[1.0][player])
+                           grads[values[0]][player], grads[values[1]][player])
   differs = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b),
-                                   grads[0.0]["generator"], grads[1.0]["generator"])
+                                   grads[values[0]][moved], grads[values[1]][moved])
   assert any(jax.tree_util.tree_leaves(differs))
+
+
+def test_gan_r1_penalty_is_the_squared_input_gradient_of_the_critic():
+  config = _config("gan")
+  config.stage2.gan.r1_weight = 2.0
+  stage1 = _stage_one()
+  model = _model(config)
+  params = _perturbed(_create_stage_two_state(config, stage1).params, 4)
+  images = _images()
+  cond = multi_stage.condition(model.stage1, stage1, images)
+  _, metrics = model.stage2.loss(params, cond, images, jax.random.PRNGKey(3))
+  critic = lambda x, i: model.stage2.discriminator.apply(
+      {"params": params["discriminator"]}, x[None], jax.tree.map(lambda c: c[i:i + 1], cond)
+  ).sum()
+  squared_norms = [float(jnp.sum(jax.grad(critic)(images[i], i) ** 2))
+                   for i in range(len(images))]
+  np.testing.assert_allclose(float(metrics["r1"]), np.mean(squared_norms), rtol=1e-5)
+
+
+def test_discriminator_learning_rate_scales_its_adam_updates_only():
+  config = _config("gan")
+  config.stage2.gan.discriminator_learning_rate = 4.0
+  stage1 = _stage_one()
+  model = _model(config)
+  params = _create_stage_two_state(config, stage1).params
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
+  scaled = steps.make_optimizer(config.stage2.optimizer, model.stage2.update_scales)
+  plain = steps.make_optimizer(config.stage2.optimizer)
+  ours, _ = scaled.update(grads, scaled.init(params), params)
+  theirs, _ = plain.update(grads, plain.init(params), params)
+  for key in ("generator", "encoder"):
+    jax.tree.map(np.testing.assert_array_equal, ours[key], theirs[key])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, 4.0 * b, rtol=1e-6),
+               ours["discriminator"], theirs["discriminator"])
 
 
 def test_gmm_likelihood_matches_a_direct_mixture_density():

@@ -50,6 +50,9 @@ def _make_eval_batch(model: multi_stage.MultiStageModel, batch_size: int):
         model.stage2.sample_latents(params["stage2"], cond, latent_rng))
     encode = lambda x: model.stage1.encode(params["stage1"], x)[0]
     per_image = lambda x: x.reshape(batch_size, -1).sum(-1)
+    # The pixels that are not black: the object, on the dSprites data sets'
+    # black background (where a texture is).
+    foreground = (images > 0).astype(images.dtype)
     return {
         "images": images[:common.NUM_SHOWN],
         "stage1_reconstructions": cond.image[:common.NUM_SHOWN],
@@ -58,6 +61,8 @@ def _make_eval_batch(model: multi_stage.MultiStageModel, batch_size: int):
         "codes": codes,
         "stage1_mse": per_image((cond.image - images) ** 2),
         "mse": per_image((reconstructions - images) ** 2),
+        "stage1_foreground_mse": per_image(foreground * (cond.image - images) ** 2),
+        "foreground_mse": per_image(foreground * (reconstructions - images) ** 2),
         "stage1_bce": reconstruction.bernoulli_cross_entropy(images, cond.image),
         "bce": reconstruction.bernoulli_cross_entropy(images, reconstructions),
         "stage1_psnr": reconstruction.psnr(images, cond.image),
@@ -152,7 +157,7 @@ def evaluate(
       # None when the reconstruction is exact (MS-Flow is a bijection).
       "multi_stage/mse_ratio": stage1_mse / mse if mse > 0 else None,
       **{f"multi_stage/{prefix}reconstruction_{name}": float(cat(prefix + name).mean())
-         for prefix in ("", "stage1_") for name in ("bce", "psnr", "ssim")},
+         for prefix in ("", "stage1_") for name in ("bce", "psnr", "ssim", "foreground_mse")},
       "multi_stage/mig": stage1_mig,
       # None (null in the JSON), not NaN, when no latent is active.
       **{f"multi_stage/{name}_{key}": result[key]

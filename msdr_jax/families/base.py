@@ -90,6 +90,12 @@ class Family(abc.ABC):
     del stage2_config, stage1_likelihood
     return None
 
+  @property
+  def update_scales(self) -> dict[str, float]:
+    """Factors of the optimizer's updates per top-level parameter key
+    (`steps.make_optimizer`); none by default."""
+    return {}
+
   @abc.abstractmethod
   def init(self, rng: jax.Array, cond: Conditioning, images: jax.Array) -> Params:
     """Initial parameters for batches shaped like `cond` and `images`."""

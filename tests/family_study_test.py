@@ -1,0 +1,77 @@
+"""The family study end to end at the tiny budget: a stage one trained here and
+the committed beta-TCVAE, MS-GAN on each."""
+
+import csv
+import math
+import pathlib
+import subprocess
+import sys
+
+from absl.testing import flagsaver
+import numpy as np
+from PIL import Image
+import pytest
+
+from experiments import family_study
+from experiments import results
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PRETRAINED = REPO / "tests" / "data" / "pytorch"
+STAGE_ONES = ("dsprites", "btcvae_dsprites")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("families")
+  family_study.define_flags()
+  with flagsaver.flagsaver(workdir=str(workdir), stage_ones=list(STAGE_ONES),
+                           pretrained=str(PRETRAINED), families=["gan"], budget="tiny",
+                           stage1_steps=4, stage2_steps=3):
+    family_study.FLAGS.mark_as_parsed()
+    family_study.main(["family_study"])
+  with open(workdir / "results.csv") as file:
+    return workdir, list(csv.DictReader(file))
+
+
+def test_rows_share_stage_one_and_the_budget(study):
+  workdir, rows = study
+  assert [(row["stage_one"], row["model"]) for row in rows] == [
+      ("dsprites", results.STAGE_ONE), ("dsprites", "gan"),
+      ("btcvae_dsprites", results.STAGE_ONE), ("btcvae_dsprites", "gan")]
+  assert [row["steps"] for row in rows] == ["4", "3", "imported", "3"]
+  for stage_one in STAGE_ONES:
+    group = [row for row in rows if row["stage_one"] == stage_one]
+    assert len({row["mig"] for row in group}) == 1  # One z for every row.
+  # The family's run loads the stage one trained in the stage-one run.
+  config = (workdir / "dsprites" / "gan" / "config.json").read_text()
+  assert str(workdir / "dsprites" / "stage1") in config
+  for row in rows:
+    assert math.isfinite(float(row["fid"])) and float(row["minutes"]) > 0
+    # Binary images: bits/dim given z is the BCE in bits per pixel for stage
+    # one, and the negative ELBO (at least the BCE) for MS-GAN.
+    bits = float(row["bits_per_dim"])
+    bce_bits = float(row["reconstruction_bce"]) / (64 * 64 * math.log(2))
+    if row["model"] == results.STAGE_ONE:
+      assert bits == pytest.approx(bce_bits, rel=1e-6)
+    else:
+      assert bits > 0
+
+
+def test_table_and_samples_from_the_same_z(study):
+  workdir, _ = study
+  text = (workdir / "results.md").read_text()
+  assert "### btcvae_dsprites (MIG" in text and "| gan |" in text
+  samples = np.asarray(Image.open(workdir / "dsprites-samples.png"))
+  assert samples.ndim == 3 and samples.std() > 0
+  for name in ("dsprites-reconstructions", "btcvae_dsprites-traversals"):
+    assert (workdir / f"{name}.png").stat().st_size > 0
+
+
+def test_unknown_stage_one_is_a_usage_error(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.family_study", f"--workdir={tmp_path}",
+       "--stage_ones=made_up", f"--pretrained={PRETRAINED}"],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode != 0
+  assert "--stage_ones=made_up:" in result.stderr and "holds no model.pt" in result.stderr
+  assert "Traceback" not in result.stderr
