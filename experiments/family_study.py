@@ -46,7 +46,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import platform
 import sys
 import time
 from typing import Any, Sequence
@@ -255,29 +254,17 @@ _COLUMNS = (
 )
 
 
-def _cell(value, fmt: str) -> str:
-  if value is None:
-    return "n/a"
-  if isinstance(value, str):
-    return value
-  if isinstance(value, float) and math.isinf(value):
-    return "exact"
-  return fmt.format(value)
-
-
 def report(rows: list[dict], description: str, seconds: float, command: str) -> str:
   """results.md: how the runs were made, then one table per stage one."""
-  machine = (f"{platform.machine()} ({platform.processor() or 'cpu'}, "
-             f"{os.cpu_count()} cores; {jax.devices()[0].device_kind} x"
-             f"{jax.device_count()}), jax {jax.__version__}")
+  machine = results.machine()
   header = ["model", *(column for column, _, _ in _COLUMNS)]
   sections = []
   for stage_one in dict.fromkeys(row["stage_one"] for row in rows):
     group = [row for row in rows if row["stage_one"] == stage_one]
     mig = group[0]["mig"]
-    lines = [f"### {stage_one} (MIG {_cell(mig, '{:.3f}')}, shared by every row)\n",
+    lines = [f"### {stage_one} (MIG {results.cell(mig, '{:.3f}')}, shared by every row)\n",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join([row["model"], *(_cell(row[key], fmt)
+    lines += ["| " + " | ".join([row["model"], *(results.cell(row[key], fmt)
                                                  for _, key, fmt in _COLUMNS)]) + " |"
               for row in group]
     sections.append("\n".join(lines) + "\n")

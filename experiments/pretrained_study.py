@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import platform
 import sys
 import time
 from typing import Any, Sequence
@@ -321,14 +320,6 @@ _COLUMNS = (
 )
 
 
-def _cell(value, fmt: str) -> str:
-  if value is None:
-    return "n/a"
-  if isinstance(value, float) and math.isinf(value):
-    return "exact"
-  return fmt.format(value)
-
-
 def verdict(rows: list[dict], name: str) -> tuple[bool, str]:
   """(met, sentence): is the best qualifying family >= 2x lower in MSE?"""
   candidates = [row for row in rows if row["checkpoint"] == name
@@ -349,15 +340,13 @@ def verdict(rows: list[dict], name: str) -> tuple[bool, str]:
 def report(rows: list[dict], names: Sequence[str], budget_name: str, budget: Budget,
            seconds: float, command: str) -> str:
   """results.md: the table, the verdicts and how they were made."""
-  machine = (f"{platform.machine()} ({platform.processor() or 'cpu'}, "
-             f"{os.cpu_count()} cores; {jax.devices()[0].device_kind} x"
-             f"{jax.device_count()}), jax {jax.__version__}")
+  machine = results.machine()
   header = ["checkpoint", "model", *(column for column, _, _ in _COLUMNS)]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for row in rows:
     lines.append("| " + " | ".join(
         [row["checkpoint"], row["model"],
-         *(_cell(row[key], fmt) for _, key, fmt in _COLUMNS)]) + " |")
+         *(results.cell(row[key], fmt) for _, key, fmt in _COLUMNS)]) + " |")
   verdicts = [verdict(rows, name)[1] for name in names]
   timed = sum(row["seconds"] is not None for row in rows)
   steps = ", ".join(f"{family} {row['stage2_step']:,}" for family, row in

@@ -9,9 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
+import platform
 import statistics
 
 from etils import epath
+import jax
 
 STAGE_ONE = "stage one"
 
@@ -102,6 +105,24 @@ def exact_families(rows: list[dict], data_name: str) -> list[str]:
   return sorted(model for model in models if all(
       math.isinf(row["mse_ratio"]) for row in rows
       if row["data"] == data_name and row["model"] == model))
+
+
+def cell(value, fmt: str) -> str:
+  """A table cell: "n/a" for None, "exact" for an infinite ratio, text as it is."""
+  if value is None:
+    return "n/a"
+  if isinstance(value, str):
+    return value
+  if isinstance(value, float) and math.isinf(value):
+    return "exact"
+  return fmt.format(value)
+
+
+def machine() -> str:
+  """The machine and JAX a study ran on, as its report says it."""
+  return (f"{platform.machine()} ({platform.processor() or 'cpu'}, {os.cpu_count()} "
+          f"cores; {jax.devices()[0].device_kind} x{jax.device_count()}), "
+          f"jax {jax.__version__}")
 
 
 def write_csv(path: epath.Path, rows: list[dict]) -> None:

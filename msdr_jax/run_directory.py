@@ -217,10 +217,11 @@ def record_difference(stored: Mapping[str, Any], expected: Mapping[str, Any]) ->
 
   Records are `{"config": run_identity, "stage1": {"params_sha256", "step"}}`
   (`checkpoints.run_record`); only the parts both hold are compared, so a
-  checkpoint written before records existed resumes.
+  checkpoint written before records existed resumes. The stored identity is
+  read under today's rules (`_identity`), as a recorded config.json is.
   """
   if "config" in stored and "config" in expected:
-    difference = _config_difference(stored["config"], expected["config"])
+    difference = _config_difference(_identity(stored["config"]), expected["config"])
     if difference:
       return f"was trained with another config: {difference}"
   if "stage1" in stored and "stage1" in expected:
