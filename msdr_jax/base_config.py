@@ -180,6 +180,9 @@ def get_config(arg: str, data_name: str, default_source: str) -> ml_collections.
   config.stage2.gan.r1_weight = 1.0
   # The discriminator's learning rate, as a multiple of the optimizer's.
   config.stage2.gan.discriminator_learning_rate = 1.0
+  # Fakes from the codes of the batch's images ("posterior") or from
+  # z ~ N(0, I) as sampling draws them ("prior").
+  config.stage2.gan.fake_codes = "posterior"
   config.stage2.gmm = ml_collections.ConfigDict()
   config.stage2.gmm.num_components = 10
   config.stage2.gmm.min_scale = 0.05

@@ -118,7 +118,12 @@ class MultiStageModel:
     `step=None` is the objective after any warm-up (`base.Family.loss`).
     """
     cond = condition(self.stage1, stage1_params, images)
-    return self.stage2.loss(stage2_params, cond, images, rng, step)
+    if not self.stage2.trains_on_prior_codes:
+      return self.stage2.loss(stage2_params, cond, images, rng, step)
+    code_rng, rng = jax.random.split(rng)
+    codes = jax.random.normal(code_rng, cond.code.shape, cond.code.dtype)
+    prior_cond = condition_on_codes(self.stage1, stage1_params, codes)
+    return self.stage2.loss(stage2_params, cond, images, rng, step, prior_cond=prior_cond)
 
   def encode(self, params, images) -> tuple[jax.Array, jax.Array]:
     """(z, w): stage one's code and stage two's latents of `images`."""

@@ -68,6 +68,7 @@ LEGACY_DEFAULTS = {
     # `_left_out_as_legacy`).
     "stage2.flow.base": "gaussian",
     "stage2.gmm.assignment": "posterior",
+    "stage2.gan.fake_codes": "posterior",
 }
 
 

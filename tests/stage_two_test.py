@@ -16,6 +16,7 @@ from msdr_jax import multi_stage
 from msdr_jax import stage_one as stage_one_lib
 from msdr_jax import steps
 
+from msdr_jax.families import ms_gan
 from msdr_jax.families import ms_gmm
 from msdr_jax.models import conditioning as conditioning_lib
 
@@ -179,31 +180,64 @@ def test_traverse_varies_one_code_and_holds_w():
       np.testing.assert_allclose(grid[j, v], expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("key, values, moved, unmoved", [
-    ("adversarial_weight", (0.0, 1.0), "generator", ("discriminator", "encoder")),
-    ("r1_weight", (0.0, 1.0), "discriminator", ("generator", "encoder")),
-    ("adversarial_loss", ("hinge", "non_saturating"), "generator", ("encoder",)),
-])
-def test_gan_players_follow_their_own_objectives(key, values, moved, unmoved):
+def test_gan_players_follow_their_own_objectives():
   # One scalar loss, but each player's gradient is its own objective's: the
   # adversarial weight moves the generator only, the R1 penalty the
   # discriminator only.
   stage1 = _stage_one()
   images, rng = _images(), jax.random.PRNGKey(7)
   grads = {}
-  for value in values:
+  for adversarial_weight, r1_weight in ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0)):
     config = _config("gan")
-    config.stage2.gan[key] = value
+    config.stage2.gan.adversarial_weight = adversarial_weight
+    config.stage2.gan.r1_weight = r1_weight
     model = _model(config)
-    params = _perturbed(
-        _create_stage_two_state(config, stage1).params, 4)
-    grads[value] = jax.jit(jax.grad(lambda p: model.loss(p, stage1, images, rng)[0]))(params)
-  for player in unmoved:
-    jax.tree_util.tree_map(np.testing.assert_array_equal,
-                           grads[values[0]][player], grads[values[1]][player])
-  differs = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b),
-                                   grads[values[0]][moved], grads[values[1]][moved])
-  assert any(jax.tree_util.tree_leaves(differs))
+    params = _perturbed(_create_stage_two_state(config, stage1).params, 4)
+    grads[adversarial_weight, r1_weight] = jax.jit(
+        jax.grad(lambda p: model.loss(p, stage1, images, rng)[0]))(params)
+  for changed, moved in (((1.0, 0.0), "generator"), ((0.0, 1.0), "discriminator")):
+    for player in ("generator", "discriminator", "encoder"):
+      same = jax.tree_util.tree_map(lambda a, b: np.array_equal(a, b),
+                                    grads[0.0, 0.0][player], grads[changed][player])
+      assert all(jax.tree_util.tree_leaves(same)) == (player != moved), (changed, player)
+
+
+def test_gan_losses_are_hinge_and_non_saturating():
+  logits = jnp.asarray([-2.0, -0.5, 0.0, 0.5, 2.0])
+  d_real, d_fake, g = ms_gan.ADVERSARIAL_LOSSES["hinge"]
+  np.testing.assert_allclose(d_real(logits), [3.0, 1.5, 1.0, 0.5, 0.0])
+  np.testing.assert_allclose(d_fake(logits), [0.0, 0.5, 1.0, 1.5, 3.0])
+  np.testing.assert_allclose(g(logits), -logits)
+  d_real, d_fake, g = ms_gan.ADVERSARIAL_LOSSES["non_saturating"]
+  np.testing.assert_allclose(d_real(logits), -np.log(1 / (1 + np.exp(-logits))), rtol=1e-6)
+  np.testing.assert_allclose(d_fake(logits), -np.log(1 - 1 / (1 + np.exp(-logits))),
+                             rtol=1e-6)
+  np.testing.assert_allclose(g(logits), d_real(logits))
+
+
+def test_gan_with_prior_fakes_judges_samples_of_prior_codes_on_the_image_alone():
+  config = _config("gan")
+  config.stage2.gan.fake_codes = "prior"
+  stage1 = _stage_one()
+  model = _model(config)
+  params = _perturbed(_create_stage_two_state(config, stage1).params, 4)
+  assert "Dense_0" not in params["discriminator"]  # It sees no code.
+  images, rng = _images(), jax.random.PRNGKey(3)
+  loss, metrics = jax.jit(model.loss)(params, stage1, images, rng)
+  # By hand: codes z ~ N(0, I) from the first half of the key, stage one's
+  # conditioning of them, and the family's loss with the second half.
+  code_rng, family_rng = jax.random.split(rng)
+  codes = jax.random.normal(code_rng, (len(images), STAGE_ONE.latent_dim))
+  cond = multi_stage.condition(STAGE_ONE, stage1, images)
+  prior_cond = multi_stage.condition_on_codes(STAGE_ONE, stage1, codes)
+  expected, expected_metrics = model.stage2.loss(
+      params, cond, images, family_rng, prior_cond=prior_cond)
+  np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["generator_adversarial"]),
+                             float(expected_metrics["generator_adversarial"]), rtol=1e-5)
+  _, with_batch_codes = model.stage2.loss(params, cond, images, family_rng)
+  assert not np.isclose(float(with_batch_codes["generator_adversarial"]),
+                        float(expected_metrics["generator_adversarial"]), rtol=1e-3)
 
 
 def test_gan_r1_penalty_is_the_squared_input_gradient_of_the_critic():

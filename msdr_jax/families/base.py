@@ -96,6 +96,12 @@ class Family(abc.ABC):
     (`steps.make_optimizer`); none by default."""
     return {}
 
+  @property
+  def trains_on_prior_codes(self) -> bool:
+    """Whether `loss` also takes `prior_cond`: stage one's conditioning of
+    codes z ~ N(0, I), one per image (`MultiStageModel.loss` makes it)."""
+    return False
+
   @abc.abstractmethod
   def init(self, rng: jax.Array, cond: Conditioning, images: jax.Array) -> Params:
     """Initial parameters for batches shaped like `cond` and `images`."""

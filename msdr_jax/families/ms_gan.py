@@ -56,6 +56,12 @@ ADVERSARIAL_LOSSES: dict[str, tuple[Callable, Callable, Callable]] = {
 }
 
 
+# fake_codes: the stage-one codes of the generated images the discriminator
+# judges: those of the batch's real images ("posterior"), or z ~ N(0, I) as
+# the model samples ("prior"), with a discriminator that sees the image only.
+FAKE_CODES = ("posterior", "prior")
+
+
 def _per_image_sum(x: jax.Array) -> jax.Array:
   return x.reshape(x.shape[0], -1).sum(-1)
 
@@ -74,16 +80,26 @@ class ConditionalGAN(ms_vae.ConditionalVAE):
       "r1_weight": base.NON_NEGATIVE,
       "discriminator_learning_rate": base.Hyperparameter(
           float, lambda v: v > 0, "> 0 (a multiple of the optimizer's learning rate)"),
+      "fake_codes": base.Hyperparameter(
+          str, lambda v: v in FAKE_CODES, f"one of {list(FAKE_CODES)}"),
   }
 
   adversarial_weight: float
   adversarial_loss: str
   r1_weight: float
   discriminator_learning_rate: float
+  fake_codes: str
 
   @property
   def discriminator(self) -> refiner.PatchDiscriminator:
-    return refiner.PatchDiscriminator(self.conditioning, dtype=self.compute_dtype)
+    # Conditioned on a prior code's y, the discriminator could call a fake
+    # from y alone (stage one's prior holes) and teach the generator nothing.
+    conditioning = self.conditioning if self.fake_codes == "posterior" else "none"
+    return refiner.PatchDiscriminator(conditioning, dtype=self.compute_dtype)
+
+  @property
+  def trains_on_prior_codes(self) -> bool:
+    return self.fake_codes == "prior"
 
   @property
   def update_scales(self) -> dict[str, float]:
@@ -99,20 +115,23 @@ class ConditionalGAN(ms_vae.ConditionalVAE):
   def _critic(self, discriminator_params, images, cond):
     return self.discriminator.apply({"params": discriminator_params}, images, cond)
 
-  def loss(self, params, cond, images, rng, step=None):
+  def loss(self, params, cond, images, rng, step=None, prior_cond=None):
     posterior_rng, prior_rng = jax.random.split(rng)
     vae_loss, metrics = super().loss(params, cond, images, posterior_rng, step)
     d_real, d_fake, g = ADVERSARIAL_LOSSES[self.adversarial_loss]
 
-    fakes = self.decode(params, cond, self.sample_latents(params, cond, prior_rng))
+    fake_cond = cond if prior_cond is None else prior_cond
+    fakes = self.decode(params, fake_cond, self.sample_latents(params, fake_cond, prior_rng))
     frozen_critic = jax.lax.stop_gradient(params["discriminator"])
-    generator_adversarial = _per_image_sum(g(self._critic(frozen_critic, fakes, cond)))
+    generator_adversarial = _per_image_sum(
+        g(self._critic(frozen_critic, fakes, fake_cond)))
 
     def real_critic_sum(real):
       return self._critic(params["discriminator"], real, cond).sum()
 
     real_logits = self._critic(params["discriminator"], images, cond)
-    fake_logits = self._critic(params["discriminator"], jax.lax.stop_gradient(fakes), cond)
+    fake_logits = self._critic(
+        params["discriminator"], jax.lax.stop_gradient(fakes), fake_cond)
     discriminator_loss = jnp.mean(
         _per_image_sum(d_real(real_logits)) + _per_image_sum(d_fake(fake_logits)))
     if self.r1_weight:
