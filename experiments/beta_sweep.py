@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
-import platform
 import sys
 import time
 from typing import Any, Sequence
@@ -52,7 +51,6 @@ import ml_collections
 
 from experiments import results
 from experiments import runs
-from msdr_jax import configuration
 from msdr_jax import families
 from msdr_jax import writers
 
@@ -176,24 +174,20 @@ def run_study(workdir: str, data_names: Sequence[str], betas: Sequence[float],
       workdir, data_name, budget, beta, seed, family)
       for data_name in data_names for beta in betas for seed in seeds
       for family in (families.NO_STAGE_TWO, *family_names)}
-  for config in configs.values():  # Every mistake before hours of training.
-    configuration.validate(config)
+  run = runs.study_runner(configs.values())
   rows = []
-  progress = runs.StudyProgress(
-      len(data_names) * len(betas) * len(seeds) * (1 + len(family_names)))
   for data_name in data_names:
     for beta in betas:
       for seed in seeds:
         root = run_directory(workdir, data_name, beta, seed)
         config = configs[data_name, beta, seed, families.NO_STAGE_TWO]
-        stage_one_metrics, stage_one_seconds = runs.run_or_load(config, root / "stage1")
         name = f"{data_name} beta {beta:g} seed {seed}"
-        progress.finished(f"{name} stage one", stage_one_seconds)
+        stage_one_metrics, stage_one_seconds = run(config, root / "stage1",
+                                                   f"{name} stage one")
         family_runs = []
         for family in family_names:
-          config = configs[data_name, beta, seed, family]
-          metrics, seconds = runs.run_or_load(config, root / family)
-          progress.finished(f"{name} {family}", seconds)
+          metrics, seconds = run(configs[data_name, beta, seed, family], root / family,
+                                 f"{name} {family}")
           family_runs.append((family, metrics, seconds))
         rows.extend(_rows(data_name, beta, seed, stage_one_metrics, stage_one_seconds,
                           family_runs))
@@ -204,8 +198,7 @@ def report(rows: list[dict], data_names: Sequence[str], budget_name: str,
            budget: Budget, seconds: float, command: str) -> str:
   """results.md: the tables, the verdicts and how they were made."""
   config = study_config("", data_names[0], budget, 1.0, 0, families.NO_STAGE_TWO)
-  machine = (f"{platform.machine()} ({jax.devices()[0].device_kind} x"
-             f"{jax.device_count()}), jax {jax.__version__}")
+  machine = results.machine()
   parts = [
       f"`{command}`\n",
       f"Budget `{budget_name}`: {config.stage1.num_steps} stage-one and "

@@ -62,7 +62,6 @@ from configs import shapes3d as shapes3d_config
 from experiments import pretrained_study
 from experiments import results
 from experiments import runs
-from msdr_jax import configuration
 from msdr_jax import families
 from msdr_jax import pytorch_import
 from msdr_jax import run_directory
@@ -214,17 +213,8 @@ def run_study(configs: dict[str, dict[str, ml_collections.ConfigDict]], workdir:
 
   With `train=False` nothing runs: the rows are those of the finished runs.
   """
-  for group in configs.values():  # Every mistake before hours of training.
-    for config in group.values():
-      configuration.validate(config)
-  progress = runs.StudyProgress(sum(map(len, configs.values())))
-
-  def run(config, directory: epath.Path, label: str):
-    if not train:
-      return runs.finished_metrics(config, directory), None
-    metrics, seconds = runs.run_or_load(config, directory)
-    progress.finished(label, seconds)
-    return metrics, seconds
+  run = runs.study_runner(
+      [config for group in configs.values() for config in group.values()], train)
 
   rows = []
   for stage_one, group in configs.items():
@@ -287,6 +277,23 @@ def report(rows: list[dict], description: str, seconds: float, command: str) -> 
   ])
 
 
+def write_outputs(configs: dict[str, dict[str, ml_collections.ConfigDict]],
+                  rows: list[dict], text: str, root: epath.Path) -> None:
+  """results.csv, results.md (`text`) and each stage one's figures into `root`."""
+  # Imported here: matplotlib is only needed to draw (the `experiments` extra).
+  from experiments import figures  # pylint: disable=g-import-not-at-top
+
+  results.write_csv(root / "results.csv", rows)
+  (root / "results.md").write_text(text)
+  finished = {(row["stage_one"], row["model"]) for row in rows}
+  for stage_one, group in configs.items():
+    done = {name: config for name, config in group.items()
+            if name == families.NO_STAGE_TWO or (stage_one, name) in finished}
+    if len(done) > 1:
+      figures.samples_from_same_z(done, root / stage_one, root / f"{stage_one}-samples.png")
+      figures.model_figures(done, root / stage_one, root / stage_one)
+
+
 FLAGS = flags.FLAGS
 
 
@@ -331,9 +338,6 @@ def _check_stage_ones(stage_ones: Sequence[str], pretrained: str | None) -> None
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  # Imported here: matplotlib is only needed to draw (the `experiments` extra).
-  from experiments import figures  # pylint: disable=g-import-not-at-top
-
   writers.filter_library_logs()
   _check_stage_ones(FLAGS.stage_ones, FLAGS.pretrained)
   budget = BUDGETS[FLAGS.budget]
@@ -353,19 +357,11 @@ def main(argv):
     sys.exit(1)
   if not rows:
     raise app.UsageError(f"{FLAGS.workdir} holds no finished run of these models yet.")
-  results.write_csv(root / "results.csv", rows)
   command = " ".join(["python -m experiments.family_study", *sys.argv[1:]])
   description = budget.description.format(stage1_steps=FLAGS.stage1_steps,
                                           stage2_steps=FLAGS.stage2_steps)
   text = report(rows, description, time.time() - start, command)
-  (root / "results.md").write_text(text)
-  finished = {(row["stage_one"], row["model"]) for row in rows}
-  for stage_one, group in configs.items():
-    done = {name: config for name, config in group.items()
-            if name == families.NO_STAGE_TWO or (stage_one, name) in finished}
-    if len(done) > 1:
-      figures.samples_from_same_z(done, root / stage_one, root / f"{stage_one}-samples.png")
-      figures.model_figures(done, root / stage_one, root / stage_one)
+  write_outputs(configs, rows, text, root)
   print(text, flush=True)
 
 

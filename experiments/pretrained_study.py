@@ -55,7 +55,6 @@ import numpy as np
 from configs import dsprites as dsprites_config
 from experiments import results
 from experiments import runs
-from msdr_jax import configuration
 from msdr_jax import families
 from msdr_jax import pytorch_import
 from msdr_jax import run_directory
@@ -278,16 +277,7 @@ def run_study(checkpoints_dir: str, workdir: str, names: Sequence[str],
   (a checkpoint whose stage one or models have none finished has no rows).
   """
   configs = study_configs(checkpoints_dir, names, models, budget, preset)
-  for config in configs.values():  # Every mistake before hours of training.
-    configuration.validate(config)
-  progress = runs.StudyProgress(len(configs))
-
-  def run(config: ml_collections.ConfigDict, directory: epath.Path, label: str):
-    if not train:
-      return runs.finished_metrics(config, directory), None
-    metrics, seconds = runs.run_or_load(config, directory)
-    progress.finished(label, seconds)
-    return metrics, seconds
+  run = runs.study_runner(configs.values(), train)
 
   rows = []
   for name in names:

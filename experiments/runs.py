@@ -15,6 +15,7 @@ from absl import logging
 from etils import epath
 import ml_collections
 
+from msdr_jax import configuration
 from msdr_jax import families
 from msdr_jax import pytorch_import
 from msdr_jax import run_directory
@@ -101,3 +102,26 @@ class StudyProgress:
                  "reused" if seconds is None else f"{seconds:.0f} s",
                  writers.format_duration(time.time() - self._start),
                  writers.format_duration(eta))
+
+
+def study_runner(configs, train: bool = True):
+  """`run(config, directory, label) -> (metrics, seconds)` for a study's runs.
+
+  Validates every config first (every mistake before hours of training).
+  `run` trains and evaluates a run unless it finished (`run_or_load`) and
+  logs the study's progress; with `train=False` it runs nothing and returns
+  the finished run's metrics, or None.
+  """
+  configs = list(configs)
+  for config in configs:
+    configuration.validate(config)
+  progress = StudyProgress(len(configs))
+
+  def run(config: ml_collections.ConfigDict, directory: epath.Path, label: str):
+    if not train:
+      return finished_metrics(config, directory), None
+    metrics, seconds = run_or_load(config, directory)
+    progress.finished(label, seconds)
+    return metrics, seconds
+
+  return run

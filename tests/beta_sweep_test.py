@@ -15,6 +15,7 @@ from experiments import beta_sweep
 from experiments import figures
 from experiments import results
 from experiments import runs
+from msdr_jax import configuration
 from msdr_jax import run_directory
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -187,7 +188,7 @@ def test_bad_names_are_refused_before_training(tmp_path):
     beta_sweep.run_study(str(tmp_path), ["dsprites"], [1.0], [0], ["vae", "made_up"], _BUDGET)
   with pytest.raises(app.UsageError, match=r"Unknown data sets \['celeb_a'\]"):
     beta_sweep.run_study(str(tmp_path), ["celeb_a"], [1.0], [0], ["vae"], _BUDGET)
-  with pytest.raises(beta_sweep.configuration.ConfigError, match="batch_size"):
+  with pytest.raises(configuration.ConfigError, match="batch_size"):
     beta_sweep.run_study(str(tmp_path), ["dsprites"], [1.0], [0], ["vae"], beta_sweep.Budget(
         "tiny", {"batch_size": 0}, "a broken budget"))
   with pytest.raises(app.UsageError, match="at least one stage-two family"):
