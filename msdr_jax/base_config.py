@@ -174,6 +174,9 @@ def get_config(arg: str, data_name: str, default_source: str) -> ml_collections.
   # what they are", and docs/stage_two.md.)
   config.stage2.flow.sample_temperature = 0.5
   # MS-GAN is MS-VAE (its w, warm-up and loss) with a discriminator on samples.
+  # The defaults are the ablation's best (docs/stage_two.md, "MS-GAN"); with
+  # them the discriminator barely trains, and no variant tried made samples
+  # sharper than MS-VAE's.
   config.stage2.gan = config.stage2.vae.copy_and_resolve_references()
   config.stage2.gan.adversarial_weight = 1.0
   config.stage2.gan.adversarial_loss = "hinge"  # hinge | non_saturating
