@@ -23,8 +23,11 @@ and the discriminator, conditioned on stage one's output, minimises
 with `adversarial_loss` "hinge" (d_real(t) = relu(1 - t), d_fake(t) =
 relu(1 + t), g(t) = -t) or "non_saturating" (softplus(-t), softplus(t),
 softplus(-t)). The discriminator's updates are `discriminator_learning_rate`
-times the optimizer's (two time-scales); the choice of these four is the
-ablation in docs/stage_two.md, "MS-GAN".
+times the optimizer's (two time-scales). With `fake_codes` "prior" the fakes
+decode codes z ~ N(0, I), as sampling does, instead of the batch's codes, and
+the discriminator sees the image alone. The defaults are the best of the
+ablation in docs/stage_two.md, "MS-GAN", where no variant made samples
+sharper than MS-VAE's at 300 steps.
 
 Both players' objectives are one scalar `loss` whose gradient is exactly the
 simultaneous GAN update: the generator terms see the discriminator's
@@ -41,7 +44,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from msdr_jax import losses
 from msdr_jax.families import base
 from msdr_jax.families import ms_vae
 from msdr_jax.models import refiner
