@@ -61,7 +61,7 @@ def _layers(implementation):
     architectures.layers = original
 
 
-def _make_iteration(config, dataset):
+def make_iteration(config, dataset):
   """The training loop's compiled body (see train.train_stage)."""
   stage_one = stage_one_lib.DisentanglingVAE.from_config(
       config.stage1, dataset.observation_shape, dataset.num_images)
@@ -78,7 +78,7 @@ def _make_iteration(config, dataset):
   return iteration, state
 
 
-def _time_round(iteration, state, rng, steps):
+def time_round(iteration, state, rng, steps):
   start = time.perf_counter()
   for _ in range(steps):
     state, metrics = iteration(state, rng)
@@ -98,14 +98,14 @@ def main(argv):
   runs = {}
   for name, implementation in implementations.items():
     with _layers(implementation or architectures.layers):
-      iteration, state = _make_iteration(config, dataset)
+      iteration, state = make_iteration(config, dataset)
       start = time.perf_counter()
-      state, _ = _time_round(iteration, state, rng, 2)  # Compile and warm up.
+      state, _ = time_round(iteration, state, rng, 2)  # Compile and warm up.
       runs[name] = [iteration, state, [], time.perf_counter() - start]
 
   for _ in range(_ROUNDS.value):
     for run in runs.values():
-      run[1], seconds = _time_round(run[0], run[1], rng, _STEPS.value)
+      run[1], seconds = time_round(run[0], run[1], rng, _STEPS.value)
       run[2].append(seconds)
 
   print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
