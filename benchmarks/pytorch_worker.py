@@ -2,7 +2,8 @@
 
 A training iteration as disentangling-vae's own code makes it: the Burgess et
 al. encoder and decoder (64x64x1, 10 latents), the beta-TCVAE loss with the
-minibatch-stratified-sampling estimator, Adam; batches from memory. Reads
+minibatch-stratified-sampling estimator (its weights placed as the library
+places them), Adam; batches from memory. Reads
 "<steps>" lines on stdin and answers each with the seconds per step of that
 many steps; "quit" ends it. Written here from the published architecture and
 loss so that the comparison needs no checkout of that repository.
@@ -62,13 +63,17 @@ def log_density_gaussian(x, mean, log_var):
 
 
 def log_importance_weight_matrix(batch_size, dataset_size):
-  """disentangling-vae's minibatch-stratified-sampling weights (log)."""
-  n, m = dataset_size, batch_size - 1
-  strat_weight = (n - m) / (n * m)
-  weights = torch.full((batch_size, batch_size), 1 / m)
-  weights.view(-1)[::m + 1] = 1 / n
-  weights.view(-1)[1::m + 1] = strat_weight
-  weights[m - 1, 0] = strat_weight
+  """log W of minibatch stratified sampling, as `msdr_jax.losses.stratified_log_weights`.
+
+  1/N on the diagonal, (N - M + 1) / (N (M - 1)) on (i, i + 1 mod M), 1 / (M - 1)
+  elsewhere. disentangling-vae's code puts the first two in columns 0 and 1
+  instead (the library's docstring says why that is wrong); the work is the same.
+  """
+  n, m = dataset_size, batch_size
+  weights = torch.full((m, m), 1 / (m - 1))
+  rows = torch.arange(m)
+  weights[rows, (rows + 1) % m] = (n - m + 1) / (n * (m - 1))
+  weights[rows, rows] = 1 / n
   return weights.log()
 
 
