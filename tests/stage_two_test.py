@@ -225,17 +225,22 @@ def test_gan_with_prior_fakes_judges_samples_of_prior_codes_on_the_image_alone()
   images, rng = _images(), jax.random.PRNGKey(3)
   loss, metrics = jax.jit(model.loss)(params, stage1, images, rng)
   # By hand: codes z ~ N(0, I) from the first half of the key, stage one's
-  # conditioning of them, and the family's loss with the second half.
-  code_rng, family_rng = jax.random.split(rng)
-  codes = jax.random.normal(code_rng, (len(images), STAGE_ONE.latent_dim))
-  cond = multi_stage.condition(STAGE_ONE, stage1, images)
-  prior_cond = multi_stage.condition_on_codes(STAGE_ONE, stage1, codes)
-  expected, expected_metrics = model.stage2.loss(
-      params, cond, images, family_rng, prior_cond=prior_cond)
+  # conditioning of them, and the family's loss with the second half; with
+  # the batch's own codes for contrast. One program: run eagerly, each
+  # operation would compile on its own.
+  @jax.jit
+  def by_hand(params, stage1, images, rng):
+    code_rng, family_rng = jax.random.split(rng)
+    codes = jax.random.normal(code_rng, (len(images), STAGE_ONE.latent_dim))
+    cond = multi_stage.condition(STAGE_ONE, stage1, images)
+    prior_cond = multi_stage.condition_on_codes(STAGE_ONE, stage1, codes)
+    return (model.stage2.loss(params, cond, images, family_rng, prior_cond=prior_cond),
+            model.stage2.loss(params, cond, images, family_rng)[1])
+
+  (expected, expected_metrics), with_batch_codes = by_hand(params, stage1, images, rng)
   np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
   np.testing.assert_allclose(float(metrics["generator_adversarial"]),
                              float(expected_metrics["generator_adversarial"]), rtol=1e-5)
-  _, with_batch_codes = model.stage2.loss(params, cond, images, family_rng)
   assert not np.isclose(float(with_batch_codes["generator_adversarial"]),
                         float(expected_metrics["generator_adversarial"]), rtol=1e-3)
 
@@ -248,12 +253,12 @@ def test_gan_r1_penalty_is_the_squared_input_gradient_of_the_critic():
   params = _perturbed(_create_stage_two_state(config, stage1).params, 4)
   images = _images()
   cond = multi_stage.condition(model.stage1, stage1, images)
-  _, metrics = model.stage2.loss(params, cond, images, jax.random.PRNGKey(3))
-  critic = lambda x, i: model.stage2.discriminator.apply(
-      {"params": params["discriminator"]}, x[None], jax.tree.map(lambda c: c[i:i + 1], cond)
-  ).sum()
-  squared_norms = [float(jnp.sum(jax.grad(critic)(images[i], i) ** 2))
-                   for i in range(len(images))]
+  _, metrics = jax.jit(model.stage2.loss)(params, cond, images, jax.random.PRNGKey(3))
+  # Each image's critic on its own, differentiated with respect to that image.
+  critic = lambda x, c: model.stage2.discriminator.apply(
+      {"params": params["discriminator"]}, x[None], jax.tree.map(lambda a: a[None], c)).sum()
+  gradients = jax.jit(jax.vmap(jax.grad(critic)))(images, cond)
+  squared_norms = np.sum(np.asarray(gradients) ** 2, axis=(1, 2, 3))
   np.testing.assert_allclose(float(metrics["r1"]), np.mean(squared_norms), rtol=1e-5)
 
 
