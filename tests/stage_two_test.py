@@ -70,7 +70,13 @@ def _perturbed(params, seed, scale=0.05):
   """
   rs = np.random.RandomState(seed)
   return jax.tree_util.tree_map(
-      lambda p: jnp.asarray(np.asarray(p) + scale * rs.randn(*p.shape), p.dtype), params)
+      lambda p: jnp.asarray((np.asarray(p) + scale * rs.randn(*p.shape)).astype(p.dtype)),
+      params)
+
+
+def _condition(model, stage1, images):
+  """c = (z, dec(z)) as one program: run eagerly, every layer compiles alone."""
+  return jax.jit(functools.partial(multi_stage.condition, model.stage1))(stage1, images)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -85,7 +91,7 @@ def test_stage_one_gets_no_gradient_and_stays_bit_identical(family):
   if family == "vae":  # `multi_stage.condition` stops the gradient for every family.
     stage1_grads = jax.jit(jax.grad(lambda p1: model.loss(
         state.params, p1, images, jax.random.PRNGKey(3))[0]))(stage1)
-    assert all(not np.any(g) for g in jax.tree_util.tree_leaves(stage1_grads))
+    assert all(not np.any(np.asarray(g)) for g in jax.tree_util.tree_leaves(stage1_grads))
 
   step = jax.jit(steps.make_train_step(_model(config).loss))
   before = jax.tree_util.tree_map(np.array, state.params)
@@ -109,8 +115,8 @@ def test_another_stage_one_changes_the_conditioning_without_recompiling():
   assert step._cache_size() == 1  # pylint: disable=protected-access
   assert float(with_first["recon"]) != float(with_second["recon"])
   model = _model(config)
-  cond_first = multi_stage.condition(model.stage1, first, images)
-  cond_second = multi_stage.condition(model.stage1, second, images)
+  condition = jax.jit(functools.partial(multi_stage.condition, model.stage1))
+  cond_first, cond_second = condition(first, images), condition(second, images)
   assert not np.allclose(cond_first.image, cond_second.image)
 
 
@@ -142,11 +148,12 @@ def test_code_is_stage_one_mean_and_batches_are_independent(family):
   params = {"stage1": stage1, "stage2": _perturbed(state.params, 4)}
   model = _model(config)
   images = _images(4)
-  codes, _ = model.encode(params, images)
-  mean, _ = STAGE_ONE.encode(stage1, images)
+  codes, _ = jax.jit(model.encode)(params, images)
+  mean, _ = jax.jit(STAGE_ONE.encode)(stage1, images)
   np.testing.assert_array_equal(codes, mean)
-  together = model.reconstruct(params, images)
-  alone = jnp.concatenate([model.reconstruct(params, images[i:i + 1]) for i in range(4)])
+  reconstruct = jax.jit(model.reconstruct)
+  together = reconstruct(params, images)
+  alone = jnp.concatenate([reconstruct(params, images[i:i + 1]) for i in range(4)])
   np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
@@ -159,9 +166,10 @@ def test_untrained_refiner_reproduces_stage_one(family):
   params = {"stage1": stage1, "stage2": state.params}
   model = _model(config)
   images = _images()
-  cond = multi_stage.condition(model.stage1, stage1, images)
-  latents = model.sample_latents(params, cond.code, jax.random.PRNGKey(5))
-  np.testing.assert_allclose(model.decode(params, cond.code, latents), cond.image, atol=1e-6)
+  cond = _condition(model, stage1, images)
+  latents = jax.jit(model.sample_latents)(params, cond.code, jax.random.PRNGKey(5))
+  np.testing.assert_allclose(jax.jit(model.decode)(params, cond.code, latents), cond.image,
+                             atol=1e-6)
 
 
 def test_traverse_varies_one_code_and_holds_w():
@@ -172,11 +180,12 @@ def test_traverse_varies_one_code_and_holds_w():
   model = _model(config)
   image = _images(1)[0]
   values = jnp.array([-1.5, 0.5])
-  grid = model.traverse(params, image, values)
-  code, latent = model.encode(params, image[None])
+  grid = jax.jit(model.traverse)(params, image, values)
+  code, latent = jax.jit(model.encode)(params, image[None])
+  decode = jax.jit(model.decode)
   for j in (0, 7):
     for v, value in enumerate(values):
-      expected = model.decode(params, code.at[0, j].set(value), latent)[0]
+      expected = decode(params, code.at[0, j].set(value), latent)[0]
       np.testing.assert_allclose(grid[j, v], expected, atol=1e-5)
 
 
@@ -252,7 +261,7 @@ def test_gan_r1_penalty_is_the_squared_input_gradient_of_the_critic():
   model = _model(config)
   params = _perturbed(_create_stage_two_state(config, stage1).params, 4)
   images = _images()
-  cond = multi_stage.condition(model.stage1, stage1, images)
+  cond = _condition(model, stage1, images)
   _, metrics = jax.jit(model.stage2.loss)(params, cond, images, jax.random.PRNGKey(3))
   # Each image's critic on its own, differentiated with respect to that image.
   critic = lambda x, c: model.stage2.discriminator.apply(
@@ -268,14 +277,15 @@ def test_discriminator_learning_rate_scales_its_adam_updates_only():
   stage1 = _stage_one()
   model = _model(config)
   params = _create_stage_two_state(config, stage1).params
-  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
+  grads = jax.tree.map(lambda p: np.full(p.shape, 0.3, p.dtype), params)
   scaled = steps.make_optimizer(config.stage2.optimizer, model.stage2.update_scales)
   plain = steps.make_optimizer(config.stage2.optimizer)
-  ours, _ = scaled.update(grads, scaled.init(params), params)
-  theirs, _ = plain.update(grads, plain.init(params), params)
+  first_update = lambda optimizer: jax.jit(
+      lambda p: optimizer.update(grads, optimizer.init(p), p)[0])(params)
+  ours, theirs = first_update(scaled), first_update(plain)
   for key in ("generator", "encoder"):
     jax.tree.map(np.testing.assert_array_equal, ours[key], theirs[key])
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, 4.0 * b, rtol=1e-6),
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, 4.0 * np.asarray(b), rtol=1e-6),
                ours["discriminator"], theirs["discriminator"])
 
 
@@ -288,9 +298,9 @@ def test_gmm_likelihood_matches_a_direct_mixture_density():
   params = _perturbed(
       _create_stage_two_state(config, stage1).params, 4)
   images = _images(2)
-  cond = multi_stage.condition(model.stage1, stage1, images)
-  loss, _ = model.stage2.loss(params, cond, images, None)
-  logits, log_weights, scales = model.stage2.mixture.apply({"params": params}, cond)
+  cond = _condition(model, stage1, images)
+  loss, _ = jax.jit(model.stage2.loss)(params, cond, images, None)
+  logits, log_weights, scales = jax.jit(model.stage2.mixture.apply)({"params": params}, cond)
   means = np.asarray(jax.nn.sigmoid(logits), np.float64)
   x = np.asarray(images, np.float64)
   nll = []
@@ -306,16 +316,16 @@ def test_gmm_likelihood_matches_a_direct_mixture_density():
   # Trained with balanced assignments, the loss is EM's with them; the
   # likelihood (metrics["nll"]) stays the exact one.
   balanced_family = dataclasses.replace(model.stage2, assignment="balanced")
-  log_joint = model.stage2.log_joint(params, cond, images)
-  shared = ms_gmm.balanced_assignments(log_joint)
-  balanced, metrics = balanced_family.loss(params, cond, images, None)
+  log_joint = jax.jit(model.stage2.log_joint)(params, cond, images)
+  shared = jax.jit(ms_gmm.balanced_assignments)(log_joint)
+  balanced, metrics = jax.jit(balanced_family.loss)(params, cond, images, None)
   np.testing.assert_allclose(float(balanced), -np.mean(np.sum(shared * log_joint, -1)),
                              rtol=1e-5)
   np.testing.assert_allclose(float(metrics["nll"]), np.mean(nll), rtol=1e-5)
-  chosen = model.stage2.encode(params, cond, images)
+  chosen = jax.jit(model.stage2.encode)(params, cond, images)
   np.testing.assert_array_equal(chosen.sum(-1), 1.0)
   k = int(np.argmax(chosen[0]))
-  np.testing.assert_allclose(model.stage2.decode(params, cond, chosen)[0], means[0, k],
+  np.testing.assert_allclose(jax.jit(model.stage2.decode)(params, cond, chosen)[0], means[0, k],
                              atol=1e-6)
 
 
@@ -342,24 +352,30 @@ def test_vae_loss_is_the_negative_elbo():
   params = _perturbed(
       _create_stage_two_state(config, stage1).params, 4)
   images, rng = _images(), jax.random.PRNGKey(9)
-  cond = multi_stage.condition(model.stage1, stage1, images)
-  loss, metrics = family.loss(params, cond, images, rng)
-  mean, log_var = family.encoder.apply({"params": params["encoder"]}, images, cond)
-  assert mean.shape == (len(images), 16, 16, 1)  # The default map of local latents.
-  latents = mean + jnp.exp(0.5 * log_var) * jax.random.normal(rng, mean.shape)
-  logits, _ = family.refiner.apply({"params": params["decoder"]}, cond, latents)
-  expected_recon = losses.bernoulli_nll(logits, images)
-  expected_kl = 0.5 * jnp.sum(mean**2 + jnp.exp(log_var) - log_var - 1, (1, 2, 3))
-  np.testing.assert_allclose(float(metrics["recon"]), float(expected_recon.mean()), rtol=1e-5)
-  np.testing.assert_allclose(float(loss), float(jnp.mean(expected_recon + expected_kl)),
-                             rtol=1e-5)
+  cond = _condition(model, stage1, images)
+  family_loss = jax.jit(family.loss)
+  loss, metrics = family_loss(params, cond, images, rng)
+
+  @jax.jit
+  def by_hand():
+    mean, log_var = family.encoder.apply({"params": params["encoder"]}, images, cond)
+    latents = mean + jnp.exp(0.5 * log_var) * jax.random.normal(rng, mean.shape)
+    logits, _ = family.refiner.apply({"params": params["decoder"]}, cond, latents)
+    kl = 0.5 * jnp.sum(mean**2 + jnp.exp(log_var) - log_var - 1, (1, 2, 3))
+    return mean.shape, losses.bernoulli_nll(logits, images), kl
+
+  latent_shape, expected_recon, expected_kl = by_hand()
+  assert latent_shape == (len(images), 16, 16, 1)  # The default map of local latents.
+  expected_recon, expected_kl = np.asarray(expected_recon), np.asarray(expected_kl)
+  np.testing.assert_allclose(float(metrics["recon"]), expected_recon.mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(loss), np.mean(expected_recon + expected_kl), rtol=1e-5)
   # The KL weight's warm-up: 1e-4 at step 0, 1e-2 half-way, 1 from its end on.
   warmup = config.stage2.vae.kl_warmup_steps
   for step, weight in ((0, 1e-4), (warmup // 2, 1e-2), (warmup, 1.0), (10 * warmup, 1.0)):
-    loss, metrics = family.loss(params, cond, images, rng, jnp.asarray(step))
+    loss, metrics = family_loss(params, cond, images, rng, np.int32(step))
     np.testing.assert_allclose(float(metrics["kl_weight"]), weight, rtol=1e-5)
     np.testing.assert_allclose(
-        float(loss), float(jnp.mean(expected_recon + weight * expected_kl)), rtol=1e-5)
+        float(loss), np.mean(expected_recon + weight * expected_kl), rtol=1e-5)
 
 
 @pytest.mark.parametrize("conditioning", ["image", "code"])
@@ -374,10 +390,11 @@ def test_every_conditioning_keeps_a_path_from_z(family, conditioning):
       _create_stage_two_state(config, stage1).params, 4,
       scale=0.2)
   images = _images(2)
-  codes, latents = model.encode({"stage1": stage1, "stage2": params}, images)
   full = {"stage1": stage1, "stage2": params}
-  moved = model.decode(full, codes + 3.0, latents)
-  assert not np.allclose(model.decode(full, codes, latents), moved, atol=1e-4)
+  codes, latents = jax.jit(model.encode)(full, images)
+  decode = jax.jit(model.decode)
+  moved = decode(full, codes + 3.0, latents)
+  assert not np.allclose(decode(full, codes, latents), moved, atol=1e-4)
 
 
 @pytest.mark.parametrize(
