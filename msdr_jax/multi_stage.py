@@ -39,6 +39,7 @@ import ml_collections
 
 from msdr_jax import losses
 from msdr_jax import stage_one as stage_one_lib
+from msdr_jax import steps
 from msdr_jax.families import FAMILIES
 from msdr_jax.families import base
 from msdr_jax.models import conditioning as conditioning_lib
@@ -103,10 +104,17 @@ class MultiStageModel:
                stage2=family_from_config(config, stage_one, compute_dtype))
 
   def init(self, rng: jax.Array, stage1_params: Params) -> Params:
-    """Initial stage-two parameters; `stage1_params` only shape the conditioning."""
-    images = jnp.zeros((1, *self.stage1.image_shape), jnp.float32)
-    cond = condition(self.stage1, stage1_params, images)
-    return self.stage2.init(rng, cond, images)
+    """Initial stage-two parameters; `stage1_params` only shape the conditioning.
+
+    Compiled as one program (`steps.jit_run_once`).
+    """
+
+    def initialise(rng, stage1_params):
+      images = jnp.zeros((1, *self.stage1.image_shape), jnp.float32)
+      cond = condition(self.stage1, stage1_params, images)
+      return self.stage2.init(rng, cond, images)
+
+    return steps.jit_run_once(initialise)(rng, stage1_params)
 
   def loss(self, stage2_params, stage1_params, images, rng, step=None):
     """(loss, metrics) of stage two at training `step`; stage one gets no gradient.

@@ -41,6 +41,7 @@ import numpy as np
 
 from msdr_jax import configuration
 from msdr_jax import losses
+from msdr_jax import steps
 from msdr_jax.models import vae
 
 Params = Any
@@ -204,9 +205,14 @@ class DisentanglingVAE:
     return self.network.latent_dim
 
   def init(self, rng: jax.Array) -> Params:
-    init_rng, sample_rng = jax.random.split(rng)
-    images = jnp.zeros((1, *self.image_shape), jnp.float32)
-    return self.network.init(init_rng, images, sample_rng)["params"]
+    """Initial parameters, compiled as one program (`steps.jit_run_once`)."""
+
+    def initialise(rng):
+      init_rng, sample_rng = jax.random.split(rng)
+      images = jnp.zeros((1, *self.image_shape), jnp.float32)
+      return self.network.init(init_rng, images, sample_rng)["params"]
+
+    return steps.jit_run_once(initialise)(rng)
 
   def loss(self, params: Params, images: jax.Array, rng: jax.Array,
            step: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -99,7 +99,7 @@ def test_a_run_loads_in_one_line(trained_run):
   assert run.steps == {"stage1": 6, "stage2": 6}
   assert run.config.to_dict() == run_directory.load_run_config(str(trained_run)).to_dict()
   images, _ = run.dataset.sample(jax.random.PRNGKey(0), 4)
-  reconstructions = run.model.reconstruct(run.params, images)
+  reconstructions = jax.jit(run.model.reconstruct)(run.params, images)
   assert reconstructions.shape == images.shape
   # The parameters are the final checkpoints'.
   for stage, directory in (("stage1", "checkpoints"), ("stage2", "checkpoints_stage2")):
