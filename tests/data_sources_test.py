@@ -140,15 +140,17 @@ def test_nuisance_values_are_drawn_per_image_and_need_an_rng():
   factors = jnp.array([[2, 5, 10, 16, 16]] * 64)
   with pytest.raises(ValueError, match=r"nuisance factors \('texture',\).*pass an rng"):
     dataset.images_from_factors(factors)
-  images = dataset.images_from_factors(factors, jax.random.PRNGKey(0))
+  # Compiled: eagerly, each of the renderer's operations compiles alone.
+  images = np.asarray(jax.jit(dataset.images_from_factors)(factors, jax.random.PRNGKey(0)))
   # Same factors, same sprite; the textures differ between images.
-  mask = np.asarray(dsprites.render(factors[:1]))[0]
-  np.testing.assert_array_equal(np.asarray(images) > 0, np.broadcast_to(mask > 0, images.shape))
-  distinct = {np.asarray(image).tobytes() for image in images}
+  mask = np.asarray(jax.jit(dsprites.render)(factors[:1]))[0]
+  np.testing.assert_array_equal(images > 0, np.broadcast_to(mask > 0, images.shape))
+  distinct = {image.tobytes() for image in images}
   assert len(distinct) > 55
-  images_again, factors_drawn = dataset.sample(jax.random.PRNGKey(3), 16)
+  sample = jax.jit(dataset.sample, static_argnums=1)
+  images_again, factors_drawn = sample(jax.random.PRNGKey(3), 16)
   assert factors_drawn.shape == (16, 5)
-  np.testing.assert_array_equal(images_again, dataset.sample(jax.random.PRNGKey(3), 16)[0])
+  np.testing.assert_array_equal(images_again, sample(jax.random.PRNGKey(3), 16)[0])
 
 
 def test_textured_dsprites_textures_are_deterministic_and_in_range():
