@@ -118,18 +118,19 @@ def study_config(stage_one: str, pretrained: str | None, workdir: str, budget: B
   if stage_one in TRAINED_HERE:
     config = TRAINED_HERE[stage_one].get_config(f"preset={budget.preset}")
     config.stage1.num_steps = stage1_steps
-    # The families load the stage one trained in the stage-one run.
     checkpoint = os.path.join(os.path.abspath(workdir), stage_one, "stage1")
   else:
     config = dsprites_config.get_config(f"preset={budget.preset}")
     config.stage1.model.architecture = pytorch_import.ARCHITECTURE
     checkpoint = os.path.abspath(os.path.join(pretrained, stage_one))
+  # A stage one trained here is trained by its own run and loaded by the
+  # families'; an imported one is loaded by every run.
+  if model is not None or stage_one not in TRAINED_HERE:
     config.stage1.checkpoint = checkpoint
   if model is None:
     config.stage2.family = families.NO_STAGE_TWO
     config.update_from_flattened_dict(dict(budget.stage_one))
     return config
-  config.stage1.checkpoint = checkpoint
   config.stage2.family = model.family
   config.stage2.num_steps = stage2_steps
   config.update_from_flattened_dict(dict(budget.stage_two))

@@ -126,6 +126,14 @@ class MultiStageModel:
     `step=None` is the objective after any warm-up (`base.Family.loss`).
     """
     cond = condition(self.stage1, stage1_params, images)
+    return self.loss_given_condition(stage2_params, stage1_params, cond, images, rng, step)
+
+  def loss_given_condition(self, stage2_params, stage1_params, cond, images, rng, step=None):
+    """`loss` with stage one's conditioning `cond` of `images` already computed.
+
+    For callers that need `cond` themselves (the evaluation), so that stage
+    one does not run twice.
+    """
     if not self.stage2.trains_on_prior_codes:
       return self.stage2.loss(stage2_params, cond, images, rng, step)
     code_rng, rng = jax.random.split(rng)

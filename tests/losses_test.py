@@ -1,7 +1,6 @@
 """Known-answer tests of the likelihoods, KL terms and TC estimators."""
 
 import itertools
-import math
 
 import jax
 import jax.numpy as jnp

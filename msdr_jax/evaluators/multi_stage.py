@@ -42,7 +42,8 @@ def _make_eval_batch(model: multi_stage.MultiStageModel, batch_size: int):
     codes, latents = model.encode(params, images)
     cond = multi_stage.condition(model.stage1, params["stage1"], images)
     reconstructions = model.stage2.decode(params["stage2"], cond, latents)
-    _, family_metrics = model.loss(params["stage2"], params["stage1"], images, loss_rng)
+    _, family_metrics = model.loss_given_condition(
+        params["stage2"], params["stage1"], cond, images, loss_rng)
     # Conditioning fidelity: generate from the same z with w ~ p(w) and ask
     # stage one which z it sees; stage one's own y is the reference.
     generated = model.stage2.decode(
