@@ -2,7 +2,8 @@ r"""Stage-one training speed of msdr_jax against a PyTorch peer, side by side.
 
 The library's compiled training iteration (Burgess et al. architecture,
 beta-TCVAE with the minibatch-stratified-sampling estimator, Adam, dSprites
-rendered on the device; `stage_one_throughput.make_iteration`) against the
+rendered on the device; the training loop's own `steps.make_train_iteration`,
+its batch split over --host_devices XLA host devices) against the
 same iteration written in PyTorch as disentangling-vae's code makes it
 (`pytorch_worker.py`: same architecture, loss and batch; batches from memory),
 run in another process with torch. Rounds alternate between the two, so that
@@ -15,6 +16,11 @@ torch==2.13.0 (a CPU build) into it.
 
   python -m benchmarks.pytorch_peer
   python -m benchmarks.pytorch_peer --batch_sizes=64 --timing_rounds=5
+
+One XLA:CPU device computes on about one core; with --host_devices=1,2 the
+library is timed on one device and on two host devices (the CPU's cores
+shared out as `--xla_force_host_platform_device_count=2` makes them), each
+row against the same PyTorch rounds.
 """
 
 import os
@@ -30,10 +36,16 @@ import jax
 from benchmarks import stage_one_throughput
 from configs import dsprites
 from msdr_jax import data
+from msdr_jax import parallel
+from msdr_jax import stage_one as stage_one_lib
+from msdr_jax import steps
 
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["64", "256"], "Images per step.")
 _STEPS = flags.DEFINE_integer("timed_steps", 20, "Timed steps per round.")
 _ROUNDS = flags.DEFINE_integer("timing_rounds", 3, "Alternating timing rounds.")
+_HOST_DEVICES = flags.DEFINE_list(
+    "host_devices", ["1", "2"], "XLA host devices the library's batch is split over; "
+    "one row each.")
 _TORCH_PYTHON = flags.DEFINE_string(
     "torch_python", None, "A Python with torch (default: build/torch-venv, made on "
     "first use).")
@@ -67,8 +79,30 @@ def cpu_name() -> str:
   return platform.processor() or platform.machine()
 
 
+def library_iteration(config, dataset, num_devices):
+  """The training loop's compiled body on `num_devices` devices and its state.
+
+  As `stage_one_throughput.time_round` calls it: `iteration(state, rng)`.
+  """
+  stage_one = stage_one_lib.DisentanglingVAE.from_config(
+      config.stage1, dataset.observation_shape, dataset.num_images)
+  mesh = parallel.data_mesh(jax.devices()[:num_devices])
+  iteration = steps.make_train_iteration(
+      steps.make_train_step(stage_one.loss), config.batch_size, jax.random.PRNGKey(1), mesh)
+  state = parallel.replicate(steps.create_train_state(
+      stage_one.init, steps.make_optimizer(config.stage1.optimizer), jax.random.PRNGKey(0)),
+      mesh)
+  dataset = parallel.replicate(dataset, mesh)
+  return lambda state, rng: iteration(state, (), dataset), state
+
+
 def main(argv):
   del argv
+  device_counts = sorted(set(map(int, _HOST_DEVICES.value)))
+  # Before JAX starts its CPU backend, which reads the flag once.
+  os.environ["XLA_FLAGS"] = " ".join(filter(None, [
+      os.environ.get("XLA_FLAGS"),
+      f"--xla_force_host_platform_device_count={max(device_counts)}"]))
   python = torch_python()
   print(f"machine: {cpu_name()}, {os.cpu_count()} CPU cores; jax {jax.__version__} "
         f"({jax.default_backend()}); torch {TORCH_VERSION}")
@@ -78,19 +112,22 @@ def main(argv):
     config.stage1.model.architecture = "burgess"
     dataset = data.get_dataset(config.data)
     rng = jax.random.PRNGKey(1)
-    iteration, state = stage_one_throughput.make_iteration(config, dataset)
-    state, _ = stage_one_throughput.time_round(iteration, state, rng, 2)  # Compile.
+    runs = {}
+    for count in device_counts:
+      iteration, state = library_iteration(config, dataset, count)
+      state, _ = stage_one_throughput.time_round(iteration, state, rng, 2)  # Compile.
+      runs[f"msdr_jax, {count} device{'s' if count > 1 else ''}"] = [iteration, state]
     worker = subprocess.Popen(
         [python, os.path.join(_REPO, "benchmarks", "pytorch_worker.py"), str(batch_size),
          str(dataset.num_images)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     if worker.stdout.readline().strip() != "ready":
       raise RuntimeError("The PyTorch worker did not start; see its error above.")
-    seconds = {"msdr_jax": [], "PyTorch": []}
+    seconds = {name: [] for name in [*runs, "PyTorch"]}
     for _ in range(_ROUNDS.value):
-      state, step_seconds = stage_one_throughput.time_round(iteration, state, rng,
-                                                            _STEPS.value)
-      seconds["msdr_jax"].append(step_seconds)
+      for name, run in runs.items():
+        run[1], step_seconds = stage_one_throughput.time_round(*run, rng, _STEPS.value)
+        seconds[name].append(step_seconds)
       worker.stdin.write(f"{_STEPS.value}\n")
       worker.stdin.flush()
       seconds["PyTorch"].append(float(worker.stdout.readline()))
@@ -102,10 +139,9 @@ def main(argv):
     print(f"stage one (burgess, beta-TCVAE MSS, Adam), batch {batch_size}, median of "
           f"{_ROUNDS.value} alternating rounds x {_STEPS.value} steps:")
     for name, speed in images_per_second.items():
-      print(f"  {name:9s} {speed:8.0f} images/s")
-    print(f"  ratio msdr_jax / PyTorch: "
-          f"{images_per_second['msdr_jax'] / images_per_second['PyTorch']:.2f}x",
-          flush=True)
+      ratio = ("" if name == "PyTorch" else
+               f"  ratio to PyTorch {speed / images_per_second['PyTorch']:.2f}x")
+      print(f"  {name:20s} {speed:8.0f} images/s{ratio}", flush=True)
 
 
 if __name__ == "__main__":
