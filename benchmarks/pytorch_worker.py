@@ -5,7 +5,8 @@ al. encoder and decoder (64x64x1, 10 latents), the beta-TCVAE loss with the
 minibatch-stratified-sampling estimator (its weights placed as the library
 places them), Adam; batches from memory. Reads
 "<steps>" lines on stdin and answers each with the seconds per step of that
-many steps; "quit" ends it. Written here from the published architecture and
+many steps; "quit" ends it. `pytorch_worker.py loss_fixture OUT.npz` instead
+writes one batch's loss terms for `tests/pytorch_peer_test.py`. Written here from the published architecture and
 loss so that the comparison needs no checkout of that repository.
 """
 
@@ -77,7 +78,8 @@ def log_importance_weight_matrix(batch_size, dataset_size):
   return weights.log()
 
 
-def btcvae_loss(x, logits, mean, log_var, z, dataset_size, beta=6.0):
+def btcvae_terms(x, logits, mean, log_var, z, dataset_size, beta=6.0):
+  """The loss and its terms, named as `msdr_jax.losses.beta_tcvae_objective` names them."""
   batch_size = x.shape[0]
   recon = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / batch_size
   log_q_z_given_x = log_density_gaussian(z, mean, log_var).sum(1)
@@ -89,10 +91,43 @@ def btcvae_loss(x, logits, mean, log_var, z, dataset_size, beta=6.0):
   mutual_information = (log_q_z_given_x - log_q_z).mean()
   total_correlation = (log_q_z - log_prod_q_z).mean()
   dimension_kl = (log_prod_q_z - log_p_z).mean()
-  return recon + mutual_information + beta * total_correlation + dimension_kl
+  loss = recon + mutual_information + beta * total_correlation + dimension_kl
+  return {"loss": loss, "recon": recon, "mi": mutual_information, "tc": total_correlation,
+          "dim_kl": dimension_kl}
+
+
+def btcvae_loss(*args, **kwargs):
+  return btcvae_terms(*args, **kwargs)["loss"]
+
+
+def write_loss_fixture(path, batch_size=8, dataset_size=737_280):
+  """One batch through the networks and the loss, saved for `tests/pytorch_peer_test.py`.
+
+  Inputs and outputs as PyTorch has them (NCHW), with the terms of the loss.
+  The posteriors are drawn at random, spread out and correlated: a fresh
+  encoder's are all near N(0, I), where the MI and TC terms vanish and a
+  comparison of them could not fail.
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(1)
+  decoder = Decoder()
+  x = (torch.rand(batch_size, 1, 64, 64) > 0.9).float()
+  with torch.no_grad():
+    shared = torch.randn(batch_size, 1)
+    mean = 1.5 * (shared + 0.2 * torch.randn(batch_size, LATENTS))
+    log_var = torch.randn(batch_size, LATENTS) - 1.0
+    z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
+    logits = decoder(z)
+    terms = btcvae_terms(x, logits, mean, log_var, z, dataset_size)
+  arrays = {"images": x, "mean": mean, "log_var": log_var, "z": z, "logits": logits, **terms}
+  np.savez_compressed(path, dataset_size=dataset_size,
+                      **{name: value.numpy() for name, value in arrays.items()})
 
 
 def main():
+  if sys.argv[1] == "loss_fixture":
+    write_loss_fixture(sys.argv[2])
+    return
   batch_size, dataset_size = int(sys.argv[1]), int(sys.argv[2])
   torch.manual_seed(0)
   encoder, decoder = Encoder(), Decoder()
