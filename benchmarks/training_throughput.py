@@ -27,8 +27,15 @@ and the median round is reported.
   python -m benchmarks.training_throughput --batch_sizes=256 --models=stage1,gan
   XLA_FLAGS=--xla_force_host_platform_device_count=2 \
       python -m benchmarks.training_throughput --models=stage1 --steps=5
+  python -m benchmarks.training_throughput --formulations=plain,reformulated
+
+--formulations times the strided convolutions of `msdr_jax.models.layers`
+both ways side by side: "plain" (flax's own computation), "reformulated"
+(the derivatives rewritten for XLA:CPU) or "default" (what this backend uses,
+`layers.REFORMULATED_BACKENDS`).
 """
 
+import contextlib
 import functools
 import math
 import os
@@ -46,6 +53,7 @@ from msdr_jax import multi_stage
 from msdr_jax import parallel
 from msdr_jax import stage_one as stage_one_lib
 from msdr_jax import steps
+from msdr_jax.models import layers
 
 _MODELS = ("stage1", "vae", "flow", "gan", "gmm")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["64", "256"], "Images per step.")
@@ -57,6 +65,9 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating timing rounds.")
 _COMPUTE_DTYPE = flags.DEFINE_enum(
     "compute_dtype", "float32", sorted(steps.COMPUTE_DTYPES),
     "What the networks compute in (config.compute_dtype).")
+_FORMULATIONS = flags.DEFINE_list(
+    "formulations", ["default"], "Strided-convolution formulations to time side by side: "
+    "default (this backend's), plain, reformulated.")
 _WARMUP_STEPS = 2
 
 # Dense (no sparsity) peak FLOP/s of one GPU, by a substring of
@@ -193,6 +204,22 @@ class _Program:
     return (time.perf_counter() - start) / steps
 
 
+@contextlib.contextmanager
+def _formulation(name):
+  """Models built and compiled inside compute the strided convolutions as `name`."""
+  if name not in ("default", *layers.FORMULATIONS):
+    raise app.UsageError(f"Unknown --formulations entry {name!r}; choose from default, "
+                         f"{', '.join(layers.FORMULATIONS)}.")
+  original = layers.REFORMULATED_BACKENDS
+  if name != "default":
+    layers.REFORMULATED_BACKENDS = (
+        frozenset({jax.default_backend()}) if name == "reformulated" else frozenset())
+  try:
+    yield
+  finally:
+    layers.REFORMULATED_BACKENDS = original
+
+
 def _programs(model, batch_size, base, dataset, stage1_params, mesh):
   """(sharded, single) programs of `model` at `batch_size`."""
   config = base.copy_and_resolve_references()
@@ -253,10 +280,12 @@ def main(argv):
       print(f"Skipping batch {batch_size}: does not split over {mesh.size} devices.")
       continue
     for model in _MODELS_FLAG.value:
-      sharded, single = _programs(model, batch_size, base, dataset, stage1_params, mesh)
-      for program in (sharded, single):
-        program.run(_WARMUP_STEPS)  # Warm-up, not timed.
-      runs[model, batch_size] = (sharded, single)
+      for formulation in _FORMULATIONS.value:
+        with _formulation(formulation):
+          sharded, single = _programs(model, batch_size, base, dataset, stage1_params, mesh)
+        for program in (sharded, single):
+          program.run(_WARMUP_STEPS)  # Warm-up, not timed.
+        runs[model, batch_size, formulation] = (sharded, single)
 
   for round_index in range(_ROUNDS.value):
     for pair in runs.values():
@@ -269,17 +298,17 @@ def main(argv):
         f"mesh vs single device; ratio = sharded/single step time (<1: sharded faster). "
         f"GFLOP/step from the single-device program's cost analysis; GFLOP/s and % of "
         f"peak of the sharded iteration.")
-  header = (f"{'model':<7}{'batch':>6}{'sharded ms':>12}{'img/s':>9}{'single ms':>11}"
+  header = (f"{'model':<7}{'batch':>6}{'layers':>14}{'sharded ms':>12}{'img/s':>9}{'single ms':>11}"
             f"{'img/s':>9}{'ratio':>7}{'GFLOP/step':>12}{'GFLOP/s':>11}{'% peak':>8}"
             f"{'compile s sh/si':>17}")
   print(header)
-  for (model, batch_size), (sharded, single) in runs.items():
+  for (model, batch_size, formulation), (sharded, single) in runs.items():
     sharded_s = statistics.median(sharded.times)
     single_s = statistics.median(single.times)
     flops = _flops(single.compiled)
     achieved = flops / sharded_s
     fraction = f"{100 * achieved / peak:.1f}" if peak and not math.isnan(achieved) else "-"
-    print(f"{model:<7}{batch_size:>6}{1e3 * sharded_s:>12.2f}{batch_size / sharded_s:>9.0f}"
+    print(f"{model:<7}{batch_size:>6}{formulation:>14}{1e3 * sharded_s:>12.2f}{batch_size / sharded_s:>9.0f}"
           f"{1e3 * single_s:>11.2f}{batch_size / single_s:>9.0f}"
           f"{sharded_s / single_s:>6.2f}x{flops / 1e9:>12.2f}{achieved / 1e9:>11,.1f}"
           f"{fraction:>8}{sharded.compile_seconds:>9.1f}/{single.compile_seconds:.1f}")

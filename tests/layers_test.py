@@ -227,3 +227,47 @@ def test_forward_mode_and_second_order(reference, module, input_shape):
   h_new, h_ref = hvp(module), hvp(reference)
   for name in ('kernel', 'bias'):
     _assert_close(h_new['params'][name], h_ref['params'][name], 'hvp')
+
+
+@pytest.mark.parametrize('layer,reference', [
+    (layers.Stride2Conv(32, 4), nn.Conv(32, (4, 4), strides=(2, 2), padding='SAME')),
+    (layers.Stride2ConvTranspose(32, 4),
+     nn.ConvTranspose(32, (4, 4), strides=(2, 2), padding='SAME')),
+])
+def test_plain_formulation_is_flaxs_computation(layer, reference):
+  # The same function as flax's layer, computed the way flax computes it.
+  module = layer.clone(formulation='plain')
+  _compare(reference, module, (2, 16, 16, 32))
+  x = jnp.zeros((2, 16, 16, 32))
+  params = jax.eval_shape(module.init, jax.random.key(0), x)
+
+  def convolutions(mod):
+    """The convolutions of value and gradients, as XLA is asked for them."""
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(lambda p, x: mod.apply(p, x).sum(),
+                                              argnums=(0, 1)))(params, x)
+    return sorted(str({k: eqn.params[k] for k in ('window_strides', 'padding',
+                                                  'lhs_dilation', 'rhs_dilation')})
+                  for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == 'conv_general_dilated')
+
+  assert len(convolutions(reference)) == 3  # The value and both gradients.
+  assert convolutions(module) == convolutions(reference)
+  assert convolutions(layer.clone(formulation='reformulated')) != convolutions(reference)
+
+
+@pytest.mark.parametrize('backend,reformulated', [('cpu', True), ('gpu', False),
+                                                  ('tpu', False)])
+def test_default_formulation_follows_the_backend(monkeypatch, backend, reformulated):
+  # Until a GPU or TPU measurement supports the reformulation there, only
+  # XLA:CPU computes it.
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  x = jnp.zeros((2, 16, 16, 32))
+  for layer in (layers.Stride2Conv(32, 4), layers.Stride2ConvTranspose(32, 4)):
+    params = jax.eval_shape(layer.init, jax.random.key(0), x)
+    jaxpr = str(jax.make_jaxpr(lambda p: layer.apply(p, x))(params))
+    assert ('custom_jvp_call' in jaxpr) == reformulated, (backend, type(layer).__name__)
+
+
+def test_unknown_formulation_is_refused():
+  with pytest.raises(ValueError, match=r"formulation='fast' must be one of"):
+    layers.Stride2Conv(8, 4, formulation='fast').init(
+        jax.random.key(0), jnp.zeros((1, 8, 8, 8)))

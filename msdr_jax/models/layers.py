@@ -68,6 +68,13 @@ reformulations that measured slower than the plain lax op are not used:
   separate 2x2 phase convolutions and im2col + one matmul were also measured
   and were slower or erratic.
 
+The reformulations are for XLA:CPU, where they were measured. On other
+backends (GPU, TPU) nothing has been measured yet, so there the layers compute
+plain `lax` convolutions with plain autodiff, exactly what flax's own layers
+compute (`REFORMULATED_BACKENDS`; a layer's `formulation` attribute overrides
+the choice). `benchmarks/accelerator_check.sh` measures both on an
+accelerator.
+
 Its length: each layer's forward formulation and its custom gradients are one
 choice, kept, documented and tested together (`tests/layers_test.py`).
 """
@@ -90,6 +97,11 @@ PaddingLike = str | int | Sequence[int | tuple[int, int]]
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 _STRIDES = (2, 2)
+
+# The backends whose layers use the reformulated derivatives by default: those
+# where they were measured faster (docs/performance.md).
+REFORMULATED_BACKENDS = frozenset({'cpu'})
+FORMULATIONS = ('reformulated', 'plain')
 
 # Below these sizes the reformulations measured slower than the plain ops.
 _MIN_IN_FEATURES_FOR_S2D_INPUT_GRAD = 4
@@ -382,6 +394,9 @@ class _Stride2Layer(nn.Module):
     precision: `lax.Precision` of the convolutions.
     kernel_init: kernel initialiser (flax's default, LeCun normal).
     bias_init: bias initialiser (zeros).
+    formulation: 'reformulated' (the fast-on-CPU derivatives), 'plain' (flax's
+      own computation) or None: 'reformulated' on `REFORMULATED_BACKENDS`,
+      'plain' elsewhere. The function and parameters are the same.
   """
 
   features: int
@@ -393,6 +408,16 @@ class _Stride2Layer(nn.Module):
   precision: Any = None
   kernel_init: Any = flax_linear.default_kernel_init
   bias_init: Any = nn.initializers.zeros_init()
+  formulation: str | None = None
+
+  def _reformulated(self) -> bool:
+    """Whether this call computes the reformulated derivatives."""
+    if self.formulation is None:
+      return jax.default_backend() in REFORMULATED_BACKENDS
+    if self.formulation not in FORMULATIONS:
+      raise ValueError(f'formulation={self.formulation!r} must be one of {FORMULATIONS} '
+                       'or None (chosen by backend).')
+    return self.formulation == 'reformulated'
 
   def _params_and_inputs(self, inputs: Array):
     """Creates 'kernel' [kh, kw, in, out] and 'bias' [out] as flax does.
@@ -445,7 +470,9 @@ class Stride2Conv(_Stride2Layer):
     pads = _conv_pads(self.padding, inputs.shape[1:3], kernel_hw)
     large_input = (inputs.shape[1] * inputs.shape[2]
                    >= _MIN_INPUT_PIXELS_FOR_VALUE_REFORMULATION)
-    if max(kernel_hw) <= 2 and large_input:
+    if not self._reformulated():
+      y = _lax_conv(inputs, kernel, pads, self.precision)
+    elif max(kernel_hw) <= 2 and large_input:
       # One matmul; its plain autodiff is already two matmuls.
       y = _s2d_conv(inputs, kernel, pads, self.precision)
     elif in_features >= _MIN_IN_FEATURES_FOR_S2D_INPUT_GRAD:
@@ -489,9 +516,10 @@ class Stride2ConvTranspose(_Stride2Layer):
         >= _MIN_INPUT_PIXELS_FOR_VALUE_REFORMULATION
         and self.features >= _MIN_FEATURES_FOR_PHASE_VALUE
     )
-    y = _stride2_conv_transpose(
-        inputs, kernel, pads, self.precision, phase_value
-    )
+    if self._reformulated():
+      y = _stride2_conv_transpose(inputs, kernel, pads, self.precision, phase_value)
+    else:
+      y = _lax_conv_transpose(inputs, kernel, pads, self.precision)
     if bias is not None:
       y = y + bias
     return _unflatten_batch(y, batch_shape)
