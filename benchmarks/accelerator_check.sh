@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The measurements behind models/layers.py's per-backend convolution choice,
-# in one call on a GPU or TPU machine (about 5 minutes on one GPU):
+# in one call on a GPU or TPU machine (sized for 5 minutes on one GPU; not
+# yet run on one):
 #
 #   bash benchmarks/accelerator_check.sh [OUT_DIR]
 #
