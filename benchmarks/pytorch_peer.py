@@ -24,7 +24,6 @@ row against the same PyTorch rounds.
 """
 
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from absl import app
 from absl import flags
 import jax
 
+from benchmarks import conv_formulations
 from benchmarks import stage_one_throughput
 from configs import dsprites
 from msdr_jax import data
@@ -68,17 +68,6 @@ def torch_python() -> str:
   return python
 
 
-def cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def library_iteration(config, dataset, num_devices):
   """The training loop's compiled body on `num_devices` devices and its state.
 
@@ -104,8 +93,8 @@ def main(argv):
       os.environ.get("XLA_FLAGS"),
       f"--xla_force_host_platform_device_count={max(device_counts)}"]))
   python = torch_python()
-  print(f"machine: {cpu_name()}, {os.cpu_count()} CPU cores; jax {jax.__version__} "
-        f"({jax.default_backend()}); torch {TORCH_VERSION}")
+  print(f"machine: {conv_formulations.cpu_model()}, {os.cpu_count()} CPU cores; "
+        f"jax {jax.__version__} ({jax.default_backend()}); torch {TORCH_VERSION}")
   for batch_size in map(int, _BATCH_SIZES.value):
     config = dsprites.get_config("preset=paper")
     config.batch_size = batch_size

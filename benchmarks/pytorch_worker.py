@@ -3,11 +3,12 @@
 A training iteration as disentangling-vae's own code makes it: the Burgess et
 al. encoder and decoder (64x64x1, 10 latents), the beta-TCVAE loss with the
 minibatch-stratified-sampling estimator (its weights placed as the library
-places them), Adam; batches from memory. Reads
-"<steps>" lines on stdin and answers each with the seconds per step of that
-many steps; "quit" ends it. `pytorch_worker.py loss_fixture OUT.npz` instead
-writes one batch's loss terms for `tests/pytorch_peer_test.py`. Written here from the published architecture and
-loss so that the comparison needs no checkout of that repository.
+places them), Adam; batches from memory. Reads "<steps>" lines on stdin and
+answers each with the seconds per step of that many steps; "quit" ends it.
+`pytorch_worker.py loss_fixture OUT.npz` instead writes one batch's loss
+terms for `tests/pytorch_peer_test.py`. Written here from the published
+architecture and loss so that the comparison needs no checkout of that
+repository.
 """
 
 import math
@@ -96,12 +97,8 @@ def btcvae_terms(x, logits, mean, log_var, z, dataset_size, beta=6.0):
           "dim_kl": dimension_kl}
 
 
-def btcvae_loss(*args, **kwargs):
-  return btcvae_terms(*args, **kwargs)["loss"]
-
-
 def write_loss_fixture(path, batch_size=8, dataset_size=737_280):
-  """One batch through the networks and the loss, saved for `tests/pytorch_peer_test.py`.
+  """One batch through the decoder and the loss, saved for `tests/pytorch_peer_test.py`.
 
   Inputs and outputs as PyTorch has them (NCHW), with the terms of the loss.
   The posteriors are drawn at random, spread out and correlated: a fresh
@@ -139,7 +136,7 @@ def main():
     x = images[(i % 16) * batch_size:(i % 16 + 1) * batch_size]
     mean, log_var = encoder(x)
     z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
-    loss = btcvae_loss(x, decoder(z), mean, log_var, z, dataset_size)
+    loss = btcvae_terms(x, decoder(z), mean, log_var, z, dataset_size)["loss"]
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

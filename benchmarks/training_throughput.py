@@ -298,7 +298,8 @@ def main(argv):
         f"mesh vs single device; ratio = sharded/single step time (<1: sharded faster). "
         f"GFLOP/step from the single-device program's cost analysis; GFLOP/s and % of "
         f"peak of the sharded iteration.")
-  header = (f"{'model':<7}{'batch':>6}{'layers':>14}{'sharded ms':>12}{'img/s':>9}{'single ms':>11}"
+  header = (f"{'model':<7}{'batch':>6}{'layers':>14}{'sharded ms':>12}{'img/s':>9}"
+            f"{'single ms':>11}"
             f"{'img/s':>9}{'ratio':>7}{'GFLOP/step':>12}{'GFLOP/s':>11}{'% peak':>8}"
             f"{'compile s sh/si':>17}")
   print(header)
@@ -308,8 +309,8 @@ def main(argv):
     flops = _flops(single.compiled)
     achieved = flops / sharded_s
     fraction = f"{100 * achieved / peak:.1f}" if peak and not math.isnan(achieved) else "-"
-    print(f"{model:<7}{batch_size:>6}{formulation:>14}{1e3 * sharded_s:>12.2f}{batch_size / sharded_s:>9.0f}"
-          f"{1e3 * single_s:>11.2f}{batch_size / single_s:>9.0f}"
+    print(f"{model:<7}{batch_size:>6}{formulation:>14}"
+          f"{1e3 * sharded_s:>12.2f}{batch_size / sharded_s:>9.0f}{1e3 * single_s:>11.2f}{batch_size / single_s:>9.0f}"
           f"{sharded_s / single_s:>6.2f}x{flops / 1e9:>12.2f}{achieved / 1e9:>11,.1f}"
           f"{fraction:>8}{sharded.compile_seconds:>9.1f}/{single.compile_seconds:.1f}")
 

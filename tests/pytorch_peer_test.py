@@ -28,8 +28,8 @@ def test_peer_loss_is_the_librarys_beta_tcvae_with_mss():
       peer["z"], peer["mean"], peer["log_var"])
   # Float32 sums of 4,096 pixels (recon) and of log-densities near 10 (the
   # rest), in another order.
-  for name in ("loss", "recon"):
-    assert float(terms.get(name, loss)) == pytest.approx(float(peer[name]), rel=1e-6), name
+  assert float(loss) == pytest.approx(float(peer["loss"]), rel=1e-6)
+  assert float(terms["recon"]) == pytest.approx(float(peer["recon"]), rel=1e-6)
   for name in ("mi", "tc", "dim_kl"):
     assert float(terms[name]) == pytest.approx(float(peer[name]), abs=1e-4), name
   # Correlated posteriors: every term is far from zero, so each comparison

@@ -70,8 +70,8 @@ reformulations that measured slower than the plain lax op are not used:
 
 The reformulations are for XLA:CPU, where they were measured. On other
 backends (GPU, TPU) nothing has been measured yet, so there the layers compute
-plain `lax` convolutions with plain autodiff, exactly what flax's own layers
-compute (`REFORMULATED_BACKENDS`; a layer's `formulation` attribute overrides
+plain `lax` convolutions with plain autodiff: the convolutions flax's own
+layers ask XLA for (`REFORMULATED_BACKENDS`; a layer's `formulation` attribute overrides
 the choice). `benchmarks/accelerator_check.sh` measures both on an
 accelerator.
 
