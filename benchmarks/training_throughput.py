@@ -28,11 +28,14 @@ and the median round is reported.
   XLA_FLAGS=--xla_force_host_platform_device_count=2 \
       python -m benchmarks.training_throughput --models=stage1 --steps=5
   python -m benchmarks.training_throughput --formulations=plain,reformulated
+  python -m benchmarks.training_throughput --cpu_kernels=xla,ynnpack
 
 --formulations times the strided convolutions of `msdr_jax.models.layers`
 both ways side by side: "plain" (flax's own computation), "reformulated"
 (the derivatives rewritten for XLA:CPU) or "default" (what this backend uses,
-`layers.REFORMULATED_BACKENDS`).
+`layers.REFORMULATED_BACKENDS`). --cpu_kernels does the same for what XLA:CPU
+runs the iteration with: "xla" (its own kernels, `steps.CPU_TRAINING_OPTIONS`,
+the library's default) or "ynnpack" (jaxlib's default YNNPACK fusions).
 """
 
 import contextlib
@@ -65,6 +68,9 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating timing rounds.")
 _COMPUTE_DTYPE = flags.DEFINE_enum(
     "compute_dtype", "float32", sorted(steps.COMPUTE_DTYPES),
     "What the networks compute in (config.compute_dtype).")
+_CPU_KERNELS = flags.DEFINE_list(
+    "cpu_kernels", ["xla"], "On CPU, the kernels to time side by side: xla (the library's "
+    "default, steps.CPU_TRAINING_OPTIONS), ynnpack (jaxlib's default fusions).")
 _FORMULATIONS = flags.DEFINE_list(
     "formulations", ["default"], "Strided-convolution formulations to time side by side: "
     "default (this backend's), plain, reformulated.")
@@ -176,7 +182,8 @@ def _compile(jitted, *args):
 def _single_device_iteration(train_step, batch_size, train_rng):
   """The pre-parallel loop body (cf. data_placement.py's `_in_step_iteration`)."""
 
-  @functools.partial(jax.jit, donate_argnums=0)
+  @functools.partial(jax.jit, donate_argnums=0,
+                     compiler_options=steps.training_compiler_options())
   def iteration(state, frozen, dataset):
     data_rng, model_rng = jax.random.split(jax.random.fold_in(train_rng, state.step))
     images, _ = dataset.sample(data_rng, batch_size)
@@ -218,6 +225,20 @@ def _formulation(name):
     yield
   finally:
     layers.REFORMULATED_BACKENDS = original
+
+
+@contextlib.contextmanager
+def _cpu_kernels(name):
+  """Training iterations compiled inside run on XLA:CPU's kernels or YNNPACK's."""
+  if name not in ("xla", "ynnpack"):
+    raise app.UsageError(f"Unknown --cpu_kernels entry {name!r}; choose from xla, ynnpack.")
+  original = steps.CPU_TRAINING_OPTIONS
+  if name == "ynnpack":
+    steps.CPU_TRAINING_OPTIONS = {}
+  try:
+    yield
+  finally:
+    steps.CPU_TRAINING_OPTIONS = original
 
 
 def _programs(model, batch_size, base, dataset, stage1_params, mesh):
@@ -281,11 +302,13 @@ def main(argv):
       continue
     for model in _MODELS_FLAG.value:
       for formulation in _FORMULATIONS.value:
-        with _formulation(formulation):
-          sharded, single = _programs(model, batch_size, base, dataset, stage1_params, mesh)
-        for program in (sharded, single):
-          program.run(_WARMUP_STEPS)  # Warm-up, not timed.
-        runs[model, batch_size, formulation] = (sharded, single)
+        for kernels in _CPU_KERNELS.value:
+          with _formulation(formulation), _cpu_kernels(kernels):
+            sharded, single = _programs(model, batch_size, base, dataset, stage1_params,
+                                        mesh)
+          for program in (sharded, single):
+            program.run(_WARMUP_STEPS)  # Warm-up, not timed.
+          runs[model, batch_size, formulation, kernels] = (sharded, single)
 
   for round_index in range(_ROUNDS.value):
     for pair in runs.values():
@@ -298,18 +321,18 @@ def main(argv):
         f"mesh vs single device; ratio = sharded/single step time (<1: sharded faster). "
         f"GFLOP/step from the single-device program's cost analysis; GFLOP/s and % of "
         f"peak of the sharded iteration.")
-  header = (f"{'model':<7}{'batch':>6}{'layers':>14}{'sharded ms':>12}{'img/s':>9}"
+  header = (f"{'model':<7}{'batch':>6}{'layers':>14}{'kernels':>9}{'sharded ms':>12}{'img/s':>9}"
             f"{'single ms':>11}"
             f"{'img/s':>9}{'ratio':>7}{'GFLOP/step':>12}{'GFLOP/s':>11}{'% peak':>8}"
             f"{'compile s sh/si':>17}")
   print(header)
-  for (model, batch_size, formulation), (sharded, single) in runs.items():
+  for (model, batch_size, formulation, kernels), (sharded, single) in runs.items():
     sharded_s = statistics.median(sharded.times)
     single_s = statistics.median(single.times)
     flops = _flops(single.compiled)
     achieved = flops / sharded_s
     fraction = f"{100 * achieved / peak:.1f}" if peak and not math.isnan(achieved) else "-"
-    print(f"{model:<7}{batch_size:>6}{formulation:>14}"
+    print(f"{model:<7}{batch_size:>6}{formulation:>14}{kernels:>9}"
           f"{1e3 * sharded_s:>12.2f}{batch_size / sharded_s:>9.0f}{1e3 * single_s:>11.2f}{batch_size / single_s:>9.0f}"
           f"{sharded_s / single_s:>6.2f}x{flops / 1e9:>12.2f}{achieved / 1e9:>11,.1f}"
           f"{fraction:>8}{sharded.compile_seconds:>9.1f}/{single.compile_seconds:.1f}")

@@ -22,7 +22,7 @@ axis, so the same function runs under `jax.pmap` or `shard_map`. (The
 total-correlation estimators then see each device's share of the batch, as
 with any per-device minibatch statistic.) `make_train_iteration` wraps it into
 the compiled body of the training loop: data drawn on the devices, sharded
-over a mesh.
+over a mesh, compiled with `training_compiler_options()`.
 """
 
 from __future__ import annotations
@@ -106,6 +106,40 @@ def rng_streams(seed: int, stage: int = 1) -> tuple[jax.Array, jax.Array, jax.Ar
   keys = jax.random.split(jax.random.PRNGKey(seed), 6)
   init_rng, train_rng, eval_rng = keys[3 * (stage - 1) : 3 * stage]
   return init_rng, train_rng, eval_rng
+
+
+# What XLA:CPU is asked for when it compiles a training iteration. jaxlib
+# (0.10) hands convolutions, reductions and elementwise ops to YNNPACK by
+# default; for these models' training steps XLA:CPU's own kernels measured
+# faster, for both stages and every batch size measured (docs/performance.md,
+# `benchmarks/training_throughput.py --cpu_kernels=xla,ynnpack`). An empty
+# list turns every YNNPACK fusion off.
+CPU_TRAINING_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def _compiler_accepts(options: tuple[tuple[str, str], ...]) -> bool:
+  """Whether this jaxlib's compiler knows every option (older ones lack some)."""
+  try:
+    jax.jit(lambda: 0, compiler_options=dict(options)).lower().compile()
+  except jax.errors.JaxRuntimeError:
+    return False
+  return True
+
+
+def training_compiler_options() -> dict[str, str] | None:
+  """`jax.jit`'s `compiler_options` for a training iteration on this backend.
+
+  `CPU_TRAINING_OPTIONS` on CPU when this jaxlib accepts them, else None
+  (XLA's defaults). For code that jits `make_train_step` itself:
+
+    jax.jit(train_step, compiler_options=steps.training_compiler_options())
+  """
+  if jax.default_backend() != "cpu" or not CPU_TRAINING_OPTIONS:
+    return None
+  if not _compiler_accepts(tuple(sorted(CPU_TRAINING_OPTIONS.items()))):
+    return None
+  return dict(CPU_TRAINING_OPTIONS)
 
 
 def jit_run_once(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -205,4 +239,5 @@ def make_train_iteration(
     return train_step(state, *frozen, draw_images(dataset, states), model_rng)
 
   return jax.jit(iteration, in_shardings=parallel.replicated(mesh),
-                 out_shardings=parallel.replicated(mesh), donate_argnums=0)
+                 out_shardings=parallel.replicated(mesh), donate_argnums=0,
+                 compiler_options=training_compiler_options())

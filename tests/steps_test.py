@@ -5,6 +5,7 @@ import numpy as np
 
 from configs import dsprites
 from msdr_jax import data
+from msdr_jax import parallel
 from msdr_jax import stage_one as stage_one_lib
 from msdr_jax import steps
 
@@ -50,3 +51,40 @@ def test_rng_streams_are_independent_and_keep_training_trajectories():
   _, train_factors = dataset.sample(jax.random.fold_in(train_rng, 0), 64)
   _, eval_factors = dataset.sample(jax.random.fold_in(eval_rng, 0), 64)
   assert not np.array_equal(train_factors, eval_factors)
+
+
+def test_training_iteration_runs_on_xla_cpu_kernels_and_computes_the_same_step(monkeypatch):
+  config = _tiny_config()
+  dataset = data.get_dataset(config.data)
+  stage_one = stage_one_lib.DisentanglingVAE.from_config(
+      config.stage1, dataset.observation_shape, dataset.num_images)
+  optimizer = steps.make_optimizer(config.stage1.optimizer)
+  mesh = parallel.data_mesh(jax.devices()[:1])
+  train_step = steps.make_train_step(stage_one.loss)
+
+  def one_iteration():
+    iteration = steps.make_train_iteration(train_step, 16, jax.random.PRNGKey(1), mesh)
+    state = steps.create_train_state(stage_one.init, optimizer, jax.random.PRNGKey(0))
+    program = iteration.lower(state, (), dataset).compile()
+    return program.as_text(), program(state, (), dataset)
+
+  assert steps.training_compiler_options() == steps.CPU_TRAINING_OPTIONS
+  hlo, (state, metrics) = one_iteration()
+  assert "__ynn_fusion" not in hlo
+  monkeypatch.setattr(steps, "CPU_TRAINING_OPTIONS", {})  # jaxlib's defaults.
+  assert steps.training_compiler_options() is None
+  ynn_hlo, (ynn_state, ynn_metrics) = one_iteration()
+  assert "__ynn_fusion" in ynn_hlo  # Else this test no longer compares two kernels.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               metrics, ynn_metrics)
+  # Adam's first update is about the learning rate times the gradient's sign;
+  # where a gradient is as small as Adam's eps, rounding moves its update by
+  # a sizeable fraction, so parameters are compared to a tenth of one update.
+  update_tolerance = 0.1 * config.stage1.optimizer.learning_rate
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=update_tolerance),
+               state.params, ynn_state.params)
+
+
+def test_compiler_options_this_jaxlib_lacks_fall_back_to_its_defaults(monkeypatch):
+  monkeypatch.setattr(steps, "CPU_TRAINING_OPTIONS", {"xla_cpu_no_such_option": ""})
+  assert steps.training_compiler_options() is None
