@@ -28,7 +28,7 @@ and the median round is reported.
   XLA_FLAGS=--xla_force_host_platform_device_count=2 \
       python -m benchmarks.training_throughput --models=stage1 --steps=5
   python -m benchmarks.training_throughput --formulations=plain,reformulated
-  python -m benchmarks.training_throughput --cpu_kernels=xla,ynnpack
+  python -m benchmarks.training_throughput --cpu_kernels=xla,ynnpack --architecture=burgess
 
 --formulations times the strided convolutions of `msdr_jax.models.layers`
 both ways side by side: "plain" (flax's own computation), "reformulated"
@@ -56,6 +56,7 @@ from msdr_jax import multi_stage
 from msdr_jax import parallel
 from msdr_jax import stage_one as stage_one_lib
 from msdr_jax import steps
+from msdr_jax.models import architectures
 from msdr_jax.models import layers
 
 _MODELS = ("stage1", "vae", "flow", "gan", "gmm")
@@ -74,6 +75,9 @@ _CPU_KERNELS = flags.DEFINE_list(
 _FORMULATIONS = flags.DEFINE_list(
     "formulations", ["default"], "Strided-convolution formulations to time side by side: "
     "default (this backend's), plain, reformulated.")
+_ARCHITECTURE = flags.DEFINE_enum(
+    "architecture", None, sorted(architectures.ARCHITECTURES), "Stage one's networks (config.stage1.model.architecture; "
+    "default: the paper preset's).")
 _WARMUP_STEPS = 2
 
 # Dense (no sparsity) peak FLOP/s of one GPU, by a substring of
@@ -289,6 +293,8 @@ def main(argv):
   print(f"Peak: {peak_note}.")
 
   base = base_config.get_config("preset=paper", "dsprites", "procedural")
+  if _ARCHITECTURE.value:
+    base.stage1.model.architecture = _ARCHITECTURE.value
   dataset = data.get_dataset(base.data)
   shape = dataset.observation_shape
   stage1_params = steps.create_train_state(
@@ -316,7 +322,8 @@ def main(argv):
       for program in pair if round_index % 2 == 0 else pair[::-1]:
         program.times.append(program.run(_STEPS.value))
 
-  print(f"Paper-scale dSprites config (procedural data), {_COMPUTE_DTYPE.value}; median of "
+  print(f"Paper-scale dSprites config (procedural data, {base.stage1.model.architecture} "
+        f"stage one), {_COMPUTE_DTYPE.value}; median of "
         f"{_ROUNDS.value} rounds x {_STEPS.value} steps; sharded over a {mesh.size}-device "
         f"mesh vs single device; ratio = sharded/single step time (<1: sharded faster). "
         f"GFLOP/step from the single-device program's cost analysis; GFLOP/s and % of "
