@@ -59,6 +59,58 @@ def test_gradient_boosting_first_stage_is_scikit_learns_tree():
       ours.feature_importances, reference.feature_importances_, atol=1e-5)
 
 
+def test_near_equal_values_are_compared_within_each_node_as_in_scikit_learn():
+  # Feature 0 takes values 0.8e-7 apart, so that no two neighbours along the
+  # whole feature differ by more than scikit-learn's 1e-7; within each half
+  # of the samples (split off by feature 1 at the root) they are 1.6e-7
+  # apart, so there the left child can split on feature 0, as in
+  # scikit-learn, which compares neighbours within a node.
+  rng = np.random.default_rng(0)
+  half = 200
+  step = np.arange(half) * 1.6e-7
+  inputs = np.stack([np.concatenate([step, step + 0.8e-7]),
+                     np.repeat([-1.0, 1.0], half)], axis=1).astype(np.float32)
+  labels = np.concatenate([np.arange(half) >= 150, rng.uniform(size=half) < 0.9]).astype(int)
+  reference = ensemble.GradientBoostingClassifier(
+      n_estimators=1, max_depth=2, random_state=0).fit(inputs, labels)
+  tree = reference.estimators_[0, 0].tree_
+  ours = gbt.fit(inputs, labels, num_stages=1, max_depth=2)
+  left = tree.children_left[0]
+  assert ours.features[0, 0, 0] == tree.feature[0] == 1
+  assert ours.features[0, 0, 1] == tree.feature[left] == 0
+  assert ours.thresholds[0, 0, 1] == pytest.approx(tree.threshold[left], rel=1e-6)
+  np.testing.assert_allclose(
+      ours.feature_importances, reference.feature_importances_, atol=1e-5)
+
+
+def test_fitting_classifiers_together_changes_none_of_them():
+  # A single feature: no ties between features, so the tie-breaking draws
+  # (which differ per classifier) play no part.
+  inputs, labels = _problem(3, num_points=400)
+  inputs = inputs[:, :1]
+  rng = np.random.default_rng(1)
+  columns = np.stack([labels, (inputs[:, 0] > 1).astype(int), rng.integers(0, 4, 400)], 1)
+  together = gbt.fit_each(inputs, columns, num_stages=5)
+  for j, trees in enumerate(together):
+    alone = gbt.fit(inputs, columns[:, j], num_stages=5)
+    np.testing.assert_array_equal(trees.features, alone.features)
+    np.testing.assert_array_equal(trees.thresholds, alone.thresholds)
+    np.testing.assert_allclose(trees.leaf_values, alone.leaf_values, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        trees.feature_importances, alone.feature_importances, atol=1e-6)
+  predicted = gbt.predict_each(together, inputs)
+  for j, trees in enumerate(together):
+    np.testing.assert_array_equal(predicted[:, j], gbt.predict(trees, inputs))
+
+
+@pytest.mark.parametrize("length", [1, 15, 16, 17, 1000])
+def test_blockwise_prefix_sum_is_a_cumulative_sum(length):
+  values = np.random.default_rng(length).normal(size=(2, 3, length)).astype(np.float32)
+  np.testing.assert_allclose(
+      gbt._prefix_sum(values),  # pylint: disable=protected-access
+      np.cumsum(values.astype(np.float64), axis=-1), rtol=1e-5, atol=1e-5)
+
+
 def test_gradient_boosting_keeps_unseen_and_non_contiguous_labels():
   inputs, labels = _problem(3)
   ours = gbt.fit(inputs, labels * 10 + 7)
@@ -68,6 +120,8 @@ def test_gradient_boosting_keeps_unseen_and_non_contiguous_labels():
 def test_gradient_boosting_needs_two_classes():
   with pytest.raises(ValueError, match="at least two classes"):
     gbt.fit(np.zeros((10, 2)), np.ones(10))
+  with pytest.raises(ValueError, match="at least two classes"):
+    gbt.fit_each(np.zeros((10, 2)), np.stack([np.arange(10) % 2, np.ones(10)], 1))
 
 
 def test_disentanglement_and_completeness_hand_computed():

@@ -14,7 +14,8 @@ its feature importances form column f of the importance matrix R [K, F].
   the test points.
 
 Two implementations of the same learner are selectable (`learner=`):
-"gbt" (default) fits it in JAX (`gbt.py`), all trees of a stage at once;
+"gbt" (default) fits it in JAX (`gbt.py`), all trees of a stage of every
+factor's classifier at once;
 "sklearn" calls scikit-learn itself, the reference.
 """
 
@@ -46,22 +47,33 @@ def importance_matrix(
   """
   if learner not in LEARNERS:
     raise ValueError(f"Unknown DCI learner {learner!r}; choose one of {list(LEARNERS)}.")
-  num_codes, num_factors = train_codes.shape[1], train_factors.shape[1]
-  importance = np.zeros((num_codes, num_factors))
-  train_accuracy, test_accuracy = [], []
-  for j in range(num_factors):
-    if learner == "gbt":
-      trees = gbt.fit(train_codes, train_factors[:, j], num_stages=boosting_stages)
-      importance[:, j] = trees.feature_importances
-      predict = lambda codes, trees=trees: gbt.predict(trees, codes)
-    else:
-      model = ensemble.GradientBoostingClassifier(n_estimators=boosting_stages)
-      model.fit(train_codes, train_factors[:, j])
-      importance[:, j] = np.abs(model.feature_importances_)
-      predict = model.predict
-    train_accuracy.append(np.mean(predict(train_codes) == train_factors[:, j]))
-    test_accuracy.append(np.mean(predict(test_codes) == test_factors[:, j]))
+  if learner == "gbt":
+    # Every factor's classifier in one compiled program, and every
+    # prediction (training and test points together) in another.
+    ensembles = gbt.fit_each(train_codes, train_factors, num_stages=boosting_stages)
+    importance = np.stack([trees.feature_importances for trees in ensembles], axis=1)
+    predicted = gbt.predict_each(ensembles, np.concatenate([train_codes, test_codes]))
+    train_predicted, test_predicted = np.split(predicted, [len(train_codes)])
+  else:
+    importance, train_predicted, test_predicted = _scikit_learn_fits(
+        train_codes, train_factors, test_codes, boosting_stages)
+  train_accuracy = np.mean(train_predicted == train_factors, axis=0)
+  test_accuracy = np.mean(test_predicted == test_factors, axis=0)
   return importance, float(np.mean(train_accuracy)), float(np.mean(test_accuracy))
+
+
+def _scikit_learn_fits(train_codes, train_factors, test_codes, boosting_stages):
+  """R [K, F] and the predicted training and test factors, scikit-learn's way."""
+  importance = np.zeros((train_codes.shape[1], train_factors.shape[1]))
+  train_predicted = np.zeros_like(train_factors)
+  test_predicted = np.zeros((len(test_codes), train_factors.shape[1]), train_factors.dtype)
+  for j in range(train_factors.shape[1]):
+    model = ensemble.GradientBoostingClassifier(n_estimators=boosting_stages)
+    model.fit(train_codes, train_factors[:, j])
+    importance[:, j] = np.abs(model.feature_importances_)
+    train_predicted[:, j] = model.predict(train_codes)
+    test_predicted[:, j] = model.predict(test_codes)
+  return importance, train_predicted, test_predicted
 
 
 def _weighted_one_minus_entropy(importance: np.ndarray) -> float:
