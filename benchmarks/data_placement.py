@@ -56,7 +56,8 @@ def render_full_grid() -> np.ndarray:
 
 
 def _in_step_iteration(config, train_step, dataset):
-  @functools.partial(jax.jit, donate_argnums=0)
+  @functools.partial(jax.jit, donate_argnums=0,
+                     compiler_options=steps.training_compiler_options())
   def iteration(state, dataset, rng):
     data_rng, model_rng = jax.random.split(jax.random.fold_in(rng, state.step))
     images, _ = dataset.sample(data_rng, config.batch_size)
@@ -65,7 +66,8 @@ def _in_step_iteration(config, train_step, dataset):
 
 
 def _host_fed_iteration(config, train_step, packed: np.ndarray):
-  @functools.partial(jax.jit, donate_argnums=0)
+  @functools.partial(jax.jit, donate_argnums=0,
+                     compiler_options=steps.training_compiler_options())
   def iteration(state, images, rng):
     model_rng = jax.random.fold_in(rng, state.step)
     return train_step(state, images, model_rng)

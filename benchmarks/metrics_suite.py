@@ -116,7 +116,11 @@ def main(argv):
   dataset = data.get_dataset(config.data)
   description, representation_fn = _representation(config, dataset)
   settings = base_config.metric_settings()
-  settings.metrics = ",".join(suite.parse_metrics(_METRICS.value))
+  metrics = suite.parse_metrics(_METRICS.value)
+  if not metrics:
+    raise app.UsageError("--metrics selects no metric; name at least one, e.g. "
+                         "--metrics=mig,dci.")
+  settings.metrics = ",".join(metrics)
   settings.num_train = _NUM_TRAIN.value
   settings.num_test = _NUM_TEST.value
   for name in ("beta_vae", "factor_vae"):

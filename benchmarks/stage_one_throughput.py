@@ -67,7 +67,8 @@ def make_iteration(config, dataset):
       config.stage1, dataset.observation_shape, dataset.num_images)
   train_step = steps.make_train_step(stage_one.loss)
 
-  @functools.partial(jax.jit, donate_argnums=0)
+  @functools.partial(jax.jit, donate_argnums=0,
+                     compiler_options=steps.training_compiler_options())
   def iteration(state, rng):
     data_rng, model_rng = jax.random.split(jax.random.fold_in(rng, state.step))
     images, _ = dataset.sample(data_rng, config.batch_size)

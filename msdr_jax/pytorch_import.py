@@ -99,10 +99,27 @@ def _torch_shape(flax_shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
   return (flax_shape[1], flax_shape[0])  # [in, out] <- [out, in]
 
 
-def _nchw_to_nhwc_index(grid: tuple[int, int], channels: int) -> np.ndarray:
+def nchw_to_nhwc_index(grid: tuple[int, int], channels: int) -> np.ndarray:
   """i-th NHWC-flattened feature's position in the NCHW flattening."""
   return np.arange(channels * grid[0] * grid[1]).reshape(
       channels, *grid).transpose(1, 2, 0).reshape(-1)
+
+
+def flax_kernel(weight: np.ndarray, kind: str) -> np.ndarray:
+  """A PyTorch layer's weight as the kernel of the flax layer computing the same.
+
+  kind: "conv" (Conv2d [out, in, kh, kw] -> [kh, kw, in, out]),
+  "conv_transpose" (ConvTranspose2d [in, out, kh, kw] -> [kh, kw, in, out],
+  flipped in space: flax's `transpose_kernel=False` correlates where PyTorch
+  convolves), "dense" (Linear [out, in] -> [in, out]).
+  """
+  if kind == "conv":
+    return weight.transpose(2, 3, 1, 0)
+  if kind == "conv_transpose":
+    return weight.transpose(2, 3, 0, 1)[::-1, ::-1]
+  if kind == "dense":
+    return weight.T
+  raise ValueError(f"Unknown layer kind {kind!r}; choose conv, conv_transpose or dense.")
 
 
 def infer_shapes(state_dict: dict[str, np.ndarray]) -> tuple[tuple[int, int, int], int]:
@@ -156,21 +173,16 @@ def burgess_params(
             f"{want} in the configured model ({described})")
       arrays[part] = np.asarray(state_dict[name], np.float32)
     weight, bias = arrays["weight"], arrays["bias"]
-    if kind == "conv":
-      kernel = weight.transpose(2, 3, 1, 0)
-    elif kind == "conv_transpose":
-      kernel = weight.transpose(2, 3, 0, 1)[::-1, ::-1]
-    else:
-      kernel = weight.T
+    kernel = flax_kernel(weight, kind)
     if torch_layer == "encoder.lin1":
-      kernel = kernel[_nchw_to_nhwc_index(grid, _FEATURE_CHANNELS)]
+      kernel = kernel[nchw_to_nhwc_index(grid, _FEATURE_CHANNELS)]
     elif torch_layer == "encoder.mu_logvar_gen":
       # Interleaved [K, 2] outputs -> [means, log-variances].
       order = np.concatenate([np.arange(0, 2 * latent_dim, 2),
                               np.arange(1, 2 * latent_dim, 2)])
       kernel, bias = kernel[:, order], bias[order]
     elif torch_layer == "decoder.lin3":
-      order = _nchw_to_nhwc_index(grid, _FEATURE_CHANNELS)
+      order = nchw_to_nhwc_index(grid, _FEATURE_CHANNELS)
       kernel, bias = kernel[:, order], bias[order]
     params[module][layer] = {"kernel": np.ascontiguousarray(kernel),
                              "bias": np.ascontiguousarray(bias)}

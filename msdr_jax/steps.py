@@ -12,7 +12,8 @@ differentiated. From any JAX code:
 
   state = steps.create_train_state(model.init, steps.make_optimizer(
       config.stage1.optimizer), rng)
-  train_step = jax.jit(steps.make_train_step(model.loss))
+  train_step = jax.jit(steps.make_train_step(model.loss),
+                       compiler_options=steps.training_compiler_options())
   state, metrics = train_step(state, images, rng)                 # stage one
   state, metrics = train_step(state, stage1_params, images, rng)  # stage two
 
@@ -112,8 +113,9 @@ def rng_streams(seed: int, stage: int = 1) -> tuple[jax.Array, jax.Array, jax.Ar
 # (0.10) hands convolutions, reductions and elementwise ops to YNNPACK by
 # default; XLA:CPU's own kernels train these models clearly faster at batch
 # 256 and about as fast at batch 64 (docs/performance.md,
-# `benchmarks/training_throughput.py --cpu_kernels=xla,ynnpack`). An empty
-# list turns every YNNPACK fusion off.
+# `benchmarks/training_throughput.py --cpu_kernels=xla,ynnpack`). The empty
+# string is an empty list of fusion types: no YNNPACK fusion at all. Setting
+# this to {} gives jaxlib's defaults back.
 CPU_TRAINING_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 

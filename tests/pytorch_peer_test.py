@@ -95,23 +95,17 @@ def _peer_parameters(arrays, prefix):
 def _library_ms_vae_params(peer_parameters):
   """The library's MS-VAE parameter tree computing the peer's networks."""
   bottleneck_channels = peer_parameters["refiner.down.3.weight"].shape[0]
-  bottleneck_grid = round(
-      (peer_parameters["refiner.code2.weight"].shape[0] / bottleneck_channels) ** 0.5)
+  bottleneck_grid = (round(
+      (peer_parameters["refiner.code2.weight"].shape[0] / bottleneck_channels) ** 0.5),) * 2
   params = {"encoder": {}, "decoder": {}}
   for torch_layer, (network, layer, kind) in _MS_VAE_LAYERS.items():
     weight = peer_parameters.pop(f"{torch_layer}.weight")
     bias = peer_parameters.pop(f"{torch_layer}.bias")
-    if kind == "conv":
-      kernel = weight.transpose(2, 3, 1, 0)
-    elif kind == "conv_transpose":
-      kernel = weight.transpose(2, 3, 0, 1)[::-1, ::-1]
-    else:
-      kernel = weight.T
+    kernel = pytorch_import.flax_kernel(weight, kind)
     if torch_layer == "refiner.code2":
       # z's bottleneck map: PyTorch views the features as [C, H, W], the
       # library reshapes them as [H, W, C].
-      order = np.arange(bottleneck_channels * bottleneck_grid**2).reshape(
-          bottleneck_channels, bottleneck_grid, bottleneck_grid).transpose(1, 2, 0).ravel()
+      order = pytorch_import.nchw_to_nhwc_index(bottleneck_grid, bottleneck_channels)
       kernel, bias = kernel[:, order], bias[order]
     params[network][layer] = {"kernel": jnp.asarray(kernel.copy()), "bias": jnp.asarray(bias)}
   assert not peer_parameters, f"peer parameters left unmapped: {sorted(peer_parameters)}"
@@ -155,8 +149,7 @@ def test_peer_ms_vae_is_the_librarys_ms_vae():
   # Network by network, on the fixture's noise: stage one's conditioning, w's
   # posterior, the refiner's logits (of the images the fixture has them for;
   # pixel by pixel, one wrong weight shows where the batch's sums below
-  # would average it away). Errors seen: 1e-6 (codes), 4e-6 (w), 2e-7
-  # (logits).
+  # would average it away).
   cond = multi_stage.condition(stage_one, stage1_params, images)
   np.testing.assert_allclose(cond.code, peer["codes"], rtol=1e-5, atol=1e-5)
   mean, log_var = model.stage2.encoder.apply({"params": stage2_params["encoder"]}, images, cond)
@@ -173,7 +166,7 @@ def test_peer_ms_vae_is_the_librarys_ms_vae():
   loss, metrics = _ms_vae_loss(model, stage1_params, stage2_params, images,
                                jnp.asarray(peer["step"]), noise)
   # Float32 sums of 4,096 pixels (recon) and 256 latents (kl) per image, in
-  # another order, after ~15 layers; errors seen: 1e-7.
+  # another order, after ~15 layers.
   assert metrics["kl_weight"] == pytest.approx(float(peer["kl_weight"]), rel=1e-6)
   assert loss == pytest.approx(float(peer["loss"]), rel=1e-5)
   assert metrics["recon"] == pytest.approx(float(peer["recon"]), rel=1e-5)

@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from configs import dsprites
 from msdr_jax import data
@@ -53,6 +54,7 @@ def test_rng_streams_are_independent_and_keep_training_trajectories():
   assert not np.array_equal(train_factors, eval_factors)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's kernels only")
 def test_training_iteration_runs_on_xla_cpu_kernels_and_computes_the_same_step(monkeypatch):
   config = _tiny_config()
   dataset = data.get_dataset(config.data)

@@ -14,8 +14,8 @@ its feature importances form column f of the importance matrix R [K, F].
   the test points.
 
 Two implementations of the same learner are selectable (`learner=`):
-"gbt" (default) fits it in JAX (`gbt.py`), all trees of a stage of every
-factor's classifier at once;
+"gbt" (default) fits it in JAX (`gbt.py`), every factor's classifier in one
+compiled program;
 "sklearn" calls scikit-learn itself, the reference.
 """
 

@@ -4,9 +4,9 @@ DCI (Eastwood & Williams 2018) as computed by disentanglement_lib fits one
 `sklearn.ensemble.GradientBoostingClassifier()` with its defaults per factor
 and reads the importance matrix off `feature_importances_`. On 10,000 points
 that is minutes per data set: a 40-class factor grows 4,000 trees one by one.
-This module is the same learner, re-expressed so that all trees of a boosting
-stage, of every factor's classifier at once (`fit_each`), grow level by level
-inside one jitted `lax.scan`:
+This module is the same learner, re-expressed so that the trees of every
+factor's classifier (`fit_each`) grow in one compiled program, level by level,
+one tree at a time within each boosting stage of a `lax.scan`:
 
 * loss: multinomial deviance for three or more classes (one regression tree
   per class and stage, fitted to y_k - p_k), binomial deviance for two
@@ -114,12 +114,15 @@ def fit_each(
     raise ValueError(
         f"Gradient boosting needs inputs [N, F] and labels [N, P], got {inputs.shape} "
         f"and {labels.shape}.")
+  if not inputs.shape[0] or not labels.shape[1]:
+    raise ValueError(f"Gradient boosting needs at least one point and one label column, "
+                     f"got inputs {inputs.shape} and labels {labels.shape}.")
   classes, encoded = zip(*(np.unique(column, return_inverse=True) for column in labels.T))
-  for column_classes in classes:
+  for column, column_classes in enumerate(classes):
     if len(column_classes) < 2:
       raise ValueError(
-          "Gradient boosting needs at least two classes; every label is "
-          f"{column_classes[0]}.")
+          f"Gradient boosting needs at least two classes; every label of column {column} "
+          f"is {column_classes[0]} (drop constant factors first).")
   initial_raw, features, thresholds, leaf_values, gains = jax.device_get(_fit(
       jnp.asarray(inputs.T), *map(jnp.asarray, _sorted_features(inputs)),
       jnp.asarray(np.stack(encoded, axis=1), jnp.int32), jax.random.key(seed),
@@ -147,8 +150,11 @@ def predict(trees: BoostedTrees, inputs: np.ndarray) -> np.ndarray:
 
 def predict_each(ensembles: Sequence[BoostedTrees], inputs: np.ndarray) -> np.ndarray:
   """[N, P]: column j holds `predict(ensembles[j], inputs)`, in one program."""
+  if not ensembles:
+    raise ValueError("predict_each needs at least one fitted ensemble.")
   if len({trees.leaf_values.shape[::2] for trees in ensembles}) != 1:
-    raise ValueError("predict_each needs ensembles of equal stages and depth.")
+    raise ValueError("predict_each needs ensembles fitted with the same num_stages and "
+                     "max_depth.")
   raw = np.asarray(_raw_predictions(
       np.concatenate([trees.initial_raw for trees in ensembles]),
       *(np.concatenate([getattr(trees, field) for trees in ensembles], axis=1)
