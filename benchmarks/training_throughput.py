@@ -38,13 +38,13 @@ runs the iteration with: "xla" (its own kernels, `steps.CPU_TRAINING_OPTIONS`,
 the library's default) or "ynnpack" (jaxlib's default YNNPACK fusions).
 """
 
-import contextlib
 import functools
 import math
 import os
 import platform
 import statistics
 import time
+from unittest import mock
 
 from absl import app
 from absl import flags
@@ -217,32 +217,16 @@ class _Program:
     return (time.perf_counter() - start) / steps
 
 
-@contextlib.contextmanager
-def _formulation(name):
-  """Models built and compiled inside compute the strided convolutions as `name`."""
-  if name not in ("default", *layers.FORMULATIONS):
-    raise app.UsageError(f"Unknown --formulations entry {name!r}; choose from default, "
-                         f"{', '.join(layers.FORMULATIONS)}.")
-  original = layers.REFORMULATED_BACKENDS
-  if name != "default":
-    layers.REFORMULATED_BACKENDS = (
-        frozenset({jax.default_backend()}) if name == "reformulated" else frozenset())
-  try:
-    yield
-  finally:
-    layers.REFORMULATED_BACKENDS = original
+def _reformulated_backends(formulation):
+  """`layers.REFORMULATED_BACKENDS` under which models compute as `formulation`."""
+  if formulation == "default":
+    return layers.REFORMULATED_BACKENDS
+  return frozenset({jax.default_backend()}) if formulation == "reformulated" else frozenset()
 
 
-@contextlib.contextmanager
-def _cpu_kernels(name):
-  """Training iterations compiled inside run on XLA:CPU's kernels or YNNPACK's."""
-  original = steps.CPU_TRAINING_OPTIONS
-  if name == "ynnpack":
-    steps.CPU_TRAINING_OPTIONS = {}
-  try:
-    yield
-  finally:
-    steps.CPU_TRAINING_OPTIONS = original
+def _cpu_training_options(kernels):
+  """`steps.CPU_TRAINING_OPTIONS` under which iterations run on `kernels`."""
+  return steps.CPU_TRAINING_OPTIONS if kernels == "xla" else {}
 
 
 def _programs(model, batch_size, base, dataset, stage1_params, mesh):
@@ -284,6 +268,10 @@ def main(argv):
   unknown = sorted(set(_MODELS_FLAG.value) - set(_MODELS))
   if unknown:
     raise app.UsageError(f"Unknown --models {unknown}; choose from {','.join(_MODELS)}.")
+  unknown = sorted(set(_FORMULATIONS.value) - {"default", *layers.FORMULATIONS})
+  if unknown:
+    raise app.UsageError(f"Unknown --formulations {unknown}; choose from default,"
+                         f"{','.join(layers.FORMULATIONS)}.")
   unknown = sorted(set(_CPU_KERNELS.value) - set(_KERNELS))
   if unknown:
     raise app.UsageError(f"Unknown --cpu_kernels {unknown}; choose from {','.join(_KERNELS)}.")
@@ -315,7 +303,10 @@ def main(argv):
     for model in _MODELS_FLAG.value:
       for formulation in _FORMULATIONS.value:
         for kernels in _CPU_KERNELS.value:
-          with _formulation(formulation), _cpu_kernels(kernels):
+          with (mock.patch.object(layers, "REFORMULATED_BACKENDS",
+                                  _reformulated_backends(formulation)),
+                mock.patch.object(steps, "CPU_TRAINING_OPTIONS",
+                                  _cpu_training_options(kernels))):
             sharded, single = _programs(model, batch_size, base, dataset, stage1_params,
                                         mesh)
           for program in (sharded, single):
