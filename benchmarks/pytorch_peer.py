@@ -29,6 +29,9 @@ torch==2.13.0 (a CPU build) into it.
   python -m benchmarks.pytorch_peer --batch_sizes=64 --timing_rounds=5
   python -m benchmarks.pytorch_peer --models=ms_vae
 
+The library runs as `python -m msdr_jax.main` runs it on a machine without an
+accelerator, with `cpu_memory.reuse_step_memory()`.
+
 One XLA:CPU device computes on about one core; with --host_devices=1,2 the
 library is timed on one device and on two host devices (the CPU's cores
 shared out as `--xla_force_host_platform_device_count=2` makes them), each
@@ -47,6 +50,7 @@ import jax
 from benchmarks import conv_formulations
 from benchmarks import stage_one_throughput
 from configs import dsprites
+from msdr_jax import cpu_memory
 from msdr_jax import data
 from msdr_jax import multi_stage
 from msdr_jax import parallel
@@ -159,6 +163,9 @@ def main(argv):
   os.environ["XLA_FLAGS"] = " ".join(filter(None, [
       os.environ.get("XLA_FLAGS"),
       f"--xla_force_host_platform_device_count={max(device_counts)}"]))
+  # As `python -m msdr_jax.main` trains on a machine without an accelerator.
+  if not cpu_memory.reuse_step_memory():
+    raise RuntimeError("cpu_memory.reuse_step_memory() did not apply.")
   python = torch_python()
   print(f"machine: {conv_formulations.cpu_model()}, {os.cpu_count()} CPU cores; "
         f"jax {jax.__version__} ({jax.default_backend()}); torch {TORCH_VERSION}")
