@@ -27,15 +27,15 @@ torch==2.13.0 (a CPU build) into it.
 
   python -m benchmarks.pytorch_peer
   python -m benchmarks.pytorch_peer --batch_sizes=64 --timing_rounds=5
-  python -m benchmarks.pytorch_peer --models=ms_vae
+  python -m benchmarks.pytorch_peer --models=ms_vae --host_devices=1,2
 
 The library runs as `python -m msdr_jax.main` runs it on a machine without an
 accelerator, with `cpu_memory.reuse_step_memory()`.
 
-One XLA:CPU device computes on about one core; with --host_devices=1,2 the
-library is timed on one device and on two host devices (the CPU's cores
-shared out as `--xla_force_host_platform_device_count=2` makes them), each
-row against the same PyTorch rounds.
+By default the library runs on one XLA:CPU device, as the CLI does; with
+--host_devices=1,2 it is also timed with the batch split over two host
+devices (as `--xla_force_host_platform_device_count=2` makes them), each row
+against the same PyTorch rounds.
 """
 
 import os
@@ -70,8 +70,8 @@ _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["64", "256"], "Images per step.
 _STEPS = flags.DEFINE_integer("timed_steps", 20, "Timed steps per round.")
 _ROUNDS = flags.DEFINE_integer("timing_rounds", 3, "Alternating timing rounds.")
 _HOST_DEVICES = flags.DEFINE_list(
-    "host_devices", ["1", "2"], "XLA host devices the library's batch is split over; "
-    "one row each.")
+    "host_devices", ["1"], "XLA host devices the library's batch is split over; "
+    "one row each (e.g. 1,2).")
 _TORCH_PYTHON = flags.DEFINE_string(
     "torch_python", None, "A Python with torch (default: build/torch-venv, made on "
     "first use).")
