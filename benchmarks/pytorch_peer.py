@@ -77,6 +77,9 @@ _TORCH_PYTHON = flags.DEFINE_string(
     "first use).")
 
 TORCH_VERSION = "2.13.0"
+NOT_APPLIED = ("cpu_memory.reuse_step_memory() did not apply (its log says why: an "
+               "accelerator, not glibc, or JAX already started); the library would not "
+               "be timed as the CLI trains on a CPU.")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _VENV = os.path.join(_REPO, "build", "torch-venv")
 
@@ -165,7 +168,7 @@ def main(argv):
       f"--xla_force_host_platform_device_count={max(device_counts)}"]))
   # As `python -m msdr_jax.main` trains on a machine without an accelerator.
   if not cpu_memory.reuse_step_memory():
-    raise RuntimeError("cpu_memory.reuse_step_memory() did not apply.")
+    raise RuntimeError(NOT_APPLIED)
   python = torch_python()
   print(f"machine: {conv_formulations.cpu_model()}, {os.cpu_count()} CPU cores; "
         f"jax {jax.__version__} ({jax.default_backend()}); torch {TORCH_VERSION}")

@@ -35,7 +35,7 @@ def serve(setting: str, model: str, batch_size: int) -> None:
   if setting == "reuse_step_memory":
     from msdr_jax import cpu_memory
     if not cpu_memory.reuse_step_memory():
-      raise RuntimeError("reuse_step_memory() did not apply (not glibc?).")
+      raise RuntimeError(pytorch_peer.NOT_APPLIED)
   import jax
   from benchmarks import stage_one_throughput
   from configs import dsprites
@@ -87,7 +87,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   unknown = sorted(set(FLAGS.models) - set(pytorch_peer.MODELS))
   if unknown:
-    raise app.UsageError(f"Unknown --models {unknown}; choose from {','.join(pytorch_peer.MODELS)}.")
+    raise app.UsageError(
+        f"Unknown --models {unknown}; choose from {','.join(pytorch_peer.MODELS)}.")
   print(f"machine: {conv_formulations.cpu_model()}, {os.cpu_count()} "
         "CPU cores")
   for batch_size in map(int, FLAGS.batch_sizes):

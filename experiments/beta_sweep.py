@@ -51,6 +51,7 @@ import ml_collections
 
 from experiments import results
 from experiments import runs
+from msdr_jax import cpu_memory
 from msdr_jax import families
 from msdr_jax import writers
 
@@ -248,6 +249,7 @@ def main(argv):
   from experiments import figures  # pylint: disable=g-import-not-at-top
 
   writers.filter_library_logs()
+  cpu_memory.reuse_step_memory()  # As msdr_jax.main trains on a CPU.
   try:
     betas = [float(b) for b in _BETAS.value]
     seeds = [int(s) for s in _SEEDS.value]

@@ -62,6 +62,7 @@ from configs import shapes3d as shapes3d_config
 from experiments import pretrained_study
 from experiments import results
 from experiments import runs
+from msdr_jax import cpu_memory
 from msdr_jax import families
 from msdr_jax import pytorch_import
 from msdr_jax import run_directory
@@ -340,6 +341,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   writers.filter_library_logs()
+  cpu_memory.reuse_step_memory()  # As msdr_jax.main trains on a CPU.
   _check_stage_ones(FLAGS.stage_ones, FLAGS.pretrained)
   budget = BUDGETS[FLAGS.budget]
   models = pretrained_study.study_models(FLAGS.families, FLAGS.variant)

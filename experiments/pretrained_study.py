@@ -55,6 +55,7 @@ import numpy as np
 from configs import dsprites as dsprites_config
 from experiments import results
 from experiments import runs
+from msdr_jax import cpu_memory
 from msdr_jax import families
 from msdr_jax import pytorch_import
 from msdr_jax import run_directory
@@ -391,6 +392,7 @@ def main(argv):
   from experiments import figures  # pylint: disable=g-import-not-at-top
 
   writers.filter_library_logs()
+  cpu_memory.reuse_step_memory()  # As msdr_jax.main trains on a CPU.
   if not os.path.isdir(FLAGS.checkpoints):
     raise app.UsageError(f"--checkpoints={FLAGS.checkpoints} is not a directory.")
   names = FLAGS.models or dsprites_checkpoints(FLAGS.checkpoints)

@@ -137,15 +137,13 @@ def main(argv):
   workdir = FLAGS.workdir or run_directory.default_workdir(config)
   # pylint: disable=g-import-not-at-top
   import jax
-  from msdr_jax import accelerators
   from msdr_jax import cpu_memory
   from msdr_jax import parallel
   from msdr_jax import train
   from msdr_jax import writers
   # pylint: enable=g-import-not-at-top
   writers.filter_library_logs()
-  if accelerators.present() is None:
-    cpu_memory.reuse_step_memory()  # Before JAX's first computation.
+  cpu_memory.reuse_step_memory()  # On a CPU; before JAX creates its CPU client.
   if distributed:
     # Before anything else touches JAX's backends.
     parallel.initialize_distributed(

@@ -16,6 +16,7 @@ import pytest
 
 from configs import dsprites
 from msdr_jax import accelerators
+from msdr_jax import cpu_memory
 from msdr_jax import evaluators
 from msdr_jax import parallel
 from msdr_jax import run_directory
@@ -32,8 +33,10 @@ def _tiny_config():
   return config
 
 
-def test_documented_train_step_examples_run():
+def test_documented_train_step_examples_run(monkeypatch):
   """docs/python_api.md's step examples, then docs/metrics.md's, in one namespace."""
+  # Process-wide; tests/install_test.py runs the example in a process of its own.
+  monkeypatch.setattr(cpu_memory, "reuse_step_memory", lambda: False)
   api = (REPO / "docs" / "python_api.md").read_text()
   metrics_doc = (REPO / "docs" / "metrics.md").read_text()
   blocks = [
