@@ -30,10 +30,8 @@ torch==2.13.0 (a CPU build) into it.
   python -m benchmarks.pytorch_peer --models=ms_vae --host_devices=1,2
 
 The library runs as `python -m msdr_jax.main` runs it on a machine without an
-accelerator, with `cpu_memory.reuse_step_memory()`.
-
-By default the library runs on one XLA:CPU device, as the CLI does; with
---host_devices=1,2 it is also timed with the batch split over two host
+accelerator: on one XLA:CPU device, with `cpu_memory.reuse_step_memory()`.
+With --host_devices=1,2 it is also timed with the batch split over two host
 devices (as `--xla_force_host_platform_device_count=2` makes them), each row
 against the same PyTorch rounds.
 """
@@ -97,6 +95,29 @@ def torch_python() -> str:
   return python
 
 
+def start_worker(command: list[str], name: str) -> subprocess.Popen:
+  """A worker process that prints "ready", then answers each "<steps>" line on
+  stdin with the seconds per step of that many steps, until "quit"."""
+  worker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+  if worker.stdout.readline().strip() != "ready":
+    raise RuntimeError(f"The {name} worker did not start; see its error above.")
+  return worker
+
+
+def time_worker(worker: subprocess.Popen, steps: int) -> float:
+  """Seconds per step of `steps` steps of a `start_worker` worker."""
+  worker.stdin.write(f"{steps}\n")
+  worker.stdin.flush()
+  return float(worker.stdout.readline())
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+  worker.stdin.write("quit\n")
+  worker.stdin.flush()
+  worker.wait()
+
+
 def library_iteration(model, config, dataset, num_devices):
   """The training loop's compiled body for `model` on `num_devices` devices, and its state.
 
@@ -136,23 +157,16 @@ def time_against_peer(model, batch_size, device_counts, python):
     iteration, state = library_iteration(model, config, dataset, count)
     state, _ = stage_one_throughput.time_round(iteration, state, rng, 2)  # Compile.
     runs[f"msdr_jax, {count} device{'s' if count > 1 else ''}"] = [iteration, state]
-  worker = subprocess.Popen(
+  worker = start_worker(
       [python, os.path.join(_REPO, "benchmarks", "pytorch_worker.py"), model,
-       str(batch_size), str(dataset.num_images)],
-      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-  if worker.stdout.readline().strip() != "ready":
-    raise RuntimeError("The PyTorch worker did not start; see its error above.")
+       str(batch_size), str(dataset.num_images)], "PyTorch")
   seconds = {name: [] for name in [*runs, "PyTorch"]}
   for _ in range(_ROUNDS.value):
     for name, run in runs.items():
       run[1], step_seconds = stage_one_throughput.time_round(*run, rng, _STEPS.value)
       seconds[name].append(step_seconds)
-    worker.stdin.write(f"{_STEPS.value}\n")
-    worker.stdin.flush()
-    seconds["PyTorch"].append(float(worker.stdout.readline()))
-  worker.stdin.write("quit\n")
-  worker.stdin.flush()
-  worker.wait()
+    seconds["PyTorch"].append(time_worker(worker, _STEPS.value))
+  stop_worker(worker)
   return {name: batch_size / statistics.median(times) for name, times in seconds.items()}
 
 

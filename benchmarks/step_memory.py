@@ -16,7 +16,6 @@ aside).
 
 import os
 import statistics
-import subprocess
 import sys
 
 from absl import app
@@ -30,7 +29,7 @@ FLAGS = flags.FLAGS  # --models, --batch_sizes, --timed_steps, --timing_rounds: 
 
 
 def serve(setting: str, model: str, batch_size: int) -> None:
-  """A worker: answers each "<steps>" line on stdin with seconds per step."""
+  """A `pytorch_peer.start_worker` worker timing the library's iteration."""
   # pylint: disable=g-import-not-at-top
   if setting == "reuse_step_memory":
     from msdr_jax import cpu_memory
@@ -58,24 +57,17 @@ def serve(setting: str, model: str, batch_size: int) -> None:
 
 def time_settings(model: str, batch_size: int) -> dict[str, float]:
   """{setting: images per second}, medians of alternating rounds."""
-  workers = {}
-  for setting in SETTINGS:
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.step_memory", "--", "serve", setting, model,
-         str(batch_size)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    if worker.stdout.readline().strip() != "ready":
-      raise RuntimeError(f"The {setting} worker did not start; see its error above.")
-    workers[setting] = worker
+  workers = {
+      setting: pytorch_peer.start_worker(
+          [sys.executable, "-m", "benchmarks.step_memory", "--", "serve", setting, model,
+           str(batch_size)], setting)
+      for setting in SETTINGS}
   seconds = {setting: [] for setting in SETTINGS}
   for _ in range(FLAGS.timing_rounds):
     for setting, worker in workers.items():
-      worker.stdin.write(f"{FLAGS.timed_steps}\n")
-      worker.stdin.flush()
-      seconds[setting].append(float(worker.stdout.readline()))
+      seconds[setting].append(pytorch_peer.time_worker(worker, FLAGS.timed_steps))
   for worker in workers.values():
-    worker.stdin.write("quit\n")
-    worker.stdin.flush()
-    worker.wait()
+    pytorch_peer.stop_worker(worker)
   return {s: batch_size / statistics.median(times) for s, times in seconds.items()}
 
 
@@ -89,14 +81,13 @@ def main(argv):
   if unknown:
     raise app.UsageError(
         f"Unknown --models {unknown}; choose from {','.join(pytorch_peer.MODELS)}.")
-  print(f"machine: {conv_formulations.cpu_model()}, {os.cpu_count()} "
-        "CPU cores")
+  print(f"machine: {conv_formulations.cpu_model()}, {os.cpu_count()} CPU cores")
   for batch_size in map(int, FLAGS.batch_sizes):
     for model in FLAGS.models:
       speeds = time_settings(model, batch_size)
       ratio = speeds["reuse_step_memory"] / speeds["defaults"]
-      print(f"{model}, batch {batch_size}, median of {FLAGS.timing_rounds} alternating rounds x "
-            f"{FLAGS.timed_steps} steps: defaults {speeds['defaults']:.0f} images/s, "
+      print(f"{model}, batch {batch_size}, median of {FLAGS.timing_rounds} alternating "
+            f"rounds x {FLAGS.timed_steps} steps: defaults {speeds['defaults']:.0f} images/s, "
             f"reuse_step_memory {speeds['reuse_step_memory']:.0f} images/s, "
             f"ratio {ratio:.2f}x", flush=True)
 
