@@ -16,7 +16,11 @@ its feature importances form column f of the importance matrix R [K, F].
 Two implementations of the same learner are selectable (`learner=`):
 "gbt" (default) fits it in JAX (`gbt.py`), every factor's classifier in one
 compiled program;
-"sklearn" calls scikit-learn itself, the reference.
+"sklearn" calls scikit-learn itself, the reference. disentanglement_lib leaves
+scikit-learn's `random_state` unset, and its trees break ties between equally
+good splits at random, so its scores differ from run to run (by up to 0.008 in
+test accuracy on `tests/dci_test.py`'s data); here it is fixed, so that the
+same codes always give the same scores.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from msdr_jax.metrics import data
 from msdr_jax.metrics import gbt
 
 LEARNERS = ("gbt", "sklearn")
+_SCIKIT_LEARN_SEED = 0  # See the module docstring: reproducible reference scores.
 
 
 def importance_matrix(
@@ -68,7 +73,8 @@ def _scikit_learn_fits(train_codes, train_factors, test_codes, boosting_stages):
   train_predicted = np.zeros_like(train_factors)
   test_predicted = np.zeros((len(test_codes), train_factors.shape[1]), train_factors.dtype)
   for j in range(train_factors.shape[1]):
-    model = ensemble.GradientBoostingClassifier(n_estimators=boosting_stages)
+    model = ensemble.GradientBoostingClassifier(
+        n_estimators=boosting_stages, random_state=_SCIKIT_LEARN_SEED)
     model.fit(train_codes, train_factors[:, j])
     importance[:, j] = np.abs(model.feature_importances_)
     train_predicted[:, j] = model.predict(train_codes)
