@@ -18,7 +18,7 @@ Two implementations of the same learner are selectable (`learner=`):
 compiled program;
 "sklearn" calls scikit-learn itself, the reference. disentanglement_lib leaves
 scikit-learn's `random_state` unset, and its trees break ties between equally
-good splits at random, so its scores differ from run to run (by up to 0.008 in
+good splits at random, so its scores differ from run to run (by 0.009 in
 test accuracy on `tests/dci_test.py`'s data); here it is fixed, so that the
 same codes always give the same scores.
 """
